@@ -1,0 +1,394 @@
+//! Cameras: the `FrameSource` seam, the per-camera state, and the capture thread that drives a source.
+//!
+//! A source only knows how to open its device and produce one frame into the camera's pool. The
+//! capture thread around it owns everything a source must not get wrong on its own: counting,
+//! online/offline state, the "NO SIGNAL" placeholder while offline, retry with capped backoff, and the
+//! heartbeat that proves the thread is alive.
+
+pub mod dir;
+pub mod encode;
+pub mod font;
+pub mod jpeg;
+pub mod spec;
+pub mod synthetic;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::health::Heartbeat;
+use crate::pool::{FramePool, SlotWriter};
+use crate::shutdown::Shutdown;
+use spec::SourceSpec;
+
+/// What a source negotiated when it opened.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StreamInfo {
+    /// What the device delivers (`MJPG`, `YUYV`, ...) or the source kind (`synthetic`, `jpeg-files`).
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    /// JPEG bytes go out exactly as the device made them (no decode, no re-encode).
+    pub passthrough: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The device is gone (ENODEV, unplugged, folder removed): go offline and retry.
+    #[error("device gone: {0}")]
+    Gone(String),
+    /// No frame within the dequeue timeout: go offline and retry.
+    #[error("no frame for {0:?}")]
+    Timeout(Duration),
+    /// Opening or negotiating failed: stay offline and retry.
+    #[error("{0}")]
+    Open(String),
+    /// One bad frame: counted and dropped, capture goes on.
+    #[error("invalid frame: {0}")]
+    InvalidFrame(String),
+}
+
+/// The seam between the capture thread and a camera (real, synthetic, files). Implementations block
+/// in `capture` until a frame is due, but never longer than about a second, so the capture thread's
+/// heartbeat keeps beating and shutdown is noticed.
+pub trait FrameSource: Send {
+    /// Opens (or re-opens after a failure) and says what was negotiated.
+    fn open(&mut self, cam: &Camera) -> Result<StreamInfo, SourceError>;
+    /// Produces at most one frame into `cam` (via `cam.claim()` and `cam.publish(..)`).
+    fn capture(&mut self, cam: &Camera) -> Result<(), SourceError>;
+    /// Releases the device after a failure; `open` comes next.
+    fn close(&mut self) {}
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CameraState {
+    Starting = 0,
+    Online = 1,
+    Offline = 2,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Online => "online",
+            CameraState::Offline => "offline",
+        }
+    }
+}
+
+/// Per-camera counters (all monotonic except `fps_milli` and `last_frame_us`).
+#[derive(Default)]
+pub struct CameraCounters {
+    /// Frames the source delivered (valid or not).
+    pub captured: AtomicU64,
+    /// Frames lost: invalid, no free slot, encode failure.
+    pub dropped: AtomicU64,
+    /// Frames that were not valid JPEGs (a subset of `dropped`).
+    pub invalid: AtomicU64,
+    /// Placeholder frames published while offline.
+    pub placeholders: AtomicU64,
+    /// Published real frames per second over the last window, times 1000.
+    pub fps_milli: AtomicU64,
+    /// Capture time of the newest real frame, microseconds since the epoch.
+    pub last_frame_us: AtomicU64,
+}
+
+pub struct Camera {
+    pub name: String,
+    pub spec: SourceSpec,
+    pub quality: u8,
+    pub pool: Arc<FramePool>,
+    pub counters: CameraCounters,
+    pub heartbeat: Arc<Heartbeat>,
+    state: AtomicU8,
+    /// Negotiated format and the reason for being offline; changed only on transitions.
+    detail: Mutex<(StreamInfo, String)>,
+    frames_tx: watch::Sender<u64>,
+    placeholder: Vec<u8>,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Camera {
+    pub fn new(
+        name: String,
+        spec: SourceSpec,
+        quality: u8,
+        heartbeat: Arc<Heartbeat>,
+        shutdown: Arc<Shutdown>,
+    ) -> Camera {
+        let (w, h) = match &spec {
+            SourceSpec::Synthetic { width, height, .. } => (*width, *height),
+            SourceSpec::V4l2 {
+                mode: Some((w, h, _)),
+                ..
+            } => (*w, *h),
+            _ => (640, 480),
+        };
+        let placeholder = encode::placeholder_jpeg(w, h, &name).unwrap_or_else(|e| {
+            warn!(camera = %name, %e, "could not encode the placeholder frame; offline viewers get none");
+            Vec::new()
+        });
+        Camera {
+            name,
+            spec,
+            quality,
+            pool: Arc::new(FramePool::new()),
+            counters: CameraCounters::default(),
+            heartbeat,
+            state: AtomicU8::new(CameraState::Starting as u8),
+            detail: Mutex::new((StreamInfo::default(), String::new())),
+            frames_tx: watch::channel(0).0,
+            placeholder,
+            shutdown,
+        }
+    }
+
+    pub fn state(&self) -> CameraState {
+        match self.state.load(Ordering::Acquire) {
+            1 => CameraState::Online,
+            2 => CameraState::Offline,
+            _ => CameraState::Starting,
+        }
+    }
+
+    /// Negotiated stream and, when offline, why.
+    pub fn detail(&self) -> (StreamInfo, String) {
+        self.detail.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// A receiver that wakes when a new frame is published (value: its sequence number).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.frames_tx.subscribe()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
+    /// Claims a free slot, counting a drop when there is none.
+    pub fn claim(&self) -> Option<SlotWriter<'_>> {
+        let w = self.pool.claim();
+        if w.is_none() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        w
+    }
+
+    /// Publishes a real frame written into `w` and wakes the viewers.
+    pub fn publish(
+        &self,
+        w: SlotWriter<'_>,
+        len: usize,
+        captured_us: u64,
+        width: u32,
+        height: u32,
+    ) {
+        match w.publish(len, captured_us, width, height) {
+            Ok(seq) => {
+                self.counters
+                    .last_frame_us
+                    .store(captured_us, Ordering::Relaxed);
+                self.frames_tx.send_replace(seq);
+            }
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(camera = %self.name, %e, "frame rejected");
+            }
+        }
+    }
+
+    /// Counts a frame that was not a valid JPEG.
+    pub fn count_invalid(&self) {
+        self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish_placeholder(&self) {
+        let len = self.placeholder.len();
+        if len == 0 {
+            return;
+        }
+        if let Some(mut w) = self.pool.claim() {
+            w.jpeg_buf()[..len].copy_from_slice(&self.placeholder);
+            if let Ok(seq) = w.publish(len, now_us(), 0, 0) {
+                self.counters.placeholders.fetch_add(1, Ordering::Relaxed);
+                self.frames_tx.send_replace(seq);
+            }
+        }
+    }
+
+    fn set_online(&self, info: StreamInfo) {
+        info!(camera = %self.name, format = %info.format, width = info.width, height = info.height,
+              fps = info.fps, passthrough = info.passthrough, "camera online");
+        if let Ok(mut d) = self.detail.lock() {
+            *d = (info, String::new());
+        }
+        self.state
+            .store(CameraState::Online as u8, Ordering::Release);
+    }
+
+    fn set_offline(&self, reason: &str) {
+        let was = self
+            .state
+            .swap(CameraState::Offline as u8, Ordering::AcqRel);
+        if let Ok(mut d) = self.detail.lock() {
+            if was != CameraState::Offline as u8 || d.1 != reason {
+                warn!(camera = %self.name, reason, "camera offline; serving placeholder and retrying");
+            }
+            d.1 = reason.to_owned();
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Retry delays: doubling from `first`, capped at `cap`.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap,
+            next: first,
+        }
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        d
+    }
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// Sleeps until `deadline` in short steps, beating the heartbeat; returns false if shutting down.
+pub fn wait_until(cam: &Camera, deadline: Instant) -> bool {
+    loop {
+        cam.heartbeat.beat();
+        if cam.stopping() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(200)));
+    }
+}
+
+/// Keeps a steady frame rate: the next deadline advances by one period, and resynchronises instead
+/// of bursting when the source fell behind.
+pub struct Pacer {
+    period: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    pub fn new(fps: f64) -> Self {
+        Pacer {
+            period: Duration::from_secs_f64(1.0 / fps),
+            next: Instant::now(),
+        }
+    }
+    /// Waits for the next frame time; false when shutting down.
+    pub fn wait(&mut self, cam: &Camera) -> bool {
+        let now = Instant::now();
+        if self.next + self.period < now {
+            self.next = now;
+        }
+        let ok = wait_until(cam, self.next);
+        self.next += self.period;
+        ok
+    }
+}
+
+/// The capture thread's body: open, capture until failure, then offline with placeholder and retry.
+pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut fps_window = (Instant::now(), 0u64);
+    let mut last_placeholder: Option<Instant> = None;
+    while !cam.stopping() {
+        cam.heartbeat.beat();
+        match source.open(&cam) {
+            Ok(info) => {
+                cam.set_online(info);
+                backoff.reset();
+                loop {
+                    cam.heartbeat.beat();
+                    if cam.stopping() {
+                        return;
+                    }
+                    update_fps(&cam, &mut fps_window);
+                    match source.capture(&cam) {
+                        Ok(()) => {}
+                        Err(SourceError::InvalidFrame(why)) => {
+                            cam.count_invalid();
+                            tracing::debug!(camera = %cam.name, why, "invalid frame dropped");
+                        }
+                        Err(e) => {
+                            cam.set_offline(&e.to_string());
+                            source.close();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => cam.set_offline(&e.to_string()),
+        }
+        cam.counters.fps_milli.store(0, Ordering::Relaxed);
+        // Offline: viewers stay connected and see "NO SIGNAL" about once a second.
+        if last_placeholder.is_none_or(|t| t.elapsed() >= Duration::from_millis(900)) {
+            cam.publish_placeholder();
+            last_placeholder = Some(Instant::now());
+        }
+        if !wait_until(&cam, Instant::now() + backoff.next_delay()) {
+            return;
+        }
+    }
+}
+
+fn update_fps(cam: &Camera, window: &mut (Instant, u64)) {
+    let elapsed = window.0.elapsed();
+    if elapsed >= Duration::from_secs(1) {
+        let published = cam.pool.counters.published.load(Ordering::Relaxed)
+            - cam.counters.placeholders.load(Ordering::Relaxed);
+        let fps = (published - window.1) as f64 / elapsed.as_secs_f64();
+        cam.counters
+            .fps_milli
+            .store((fps * 1000.0) as u64, Ordering::Relaxed);
+        *window = (Instant::now(), published);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_one_second() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let d: Vec<_> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(d, [100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+}

@@ -1,0 +1,211 @@
+//! Source specs: the one-line camera descriptions used by `--source` and the config's `source` key.
+//!
+//! `synthetic[:WxH@FPS]`, `dir:PATH[@FPS]`, `v4l2:DEVICE[:WxH@FPS[:FORMAT]]`; a bare `/dev/...`
+//! path means `v4l2:` with that device.
+
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSpec {
+    Synthetic {
+        width: u32,
+        height: u32,
+        fps: f64,
+    },
+    Dir {
+        path: PathBuf,
+        fps: f64,
+    },
+    V4l2 {
+        device: PathBuf,
+        /// Requested size and rate; `None` takes the camera's best.
+        mode: Option<(u32, u32, f64)>,
+        /// Requested fourcc (e.g. `MJPG`, `YUYV`); `None` prefers MJPEG.
+        format: Option<String>,
+    },
+}
+
+pub const DEFAULT_SYNTHETIC: (u32, u32, f64) = (1280, 720, 30.0);
+pub const DEFAULT_DIR_FPS: f64 = 15.0;
+
+impl SourceSpec {
+    pub fn parse(spec: &str) -> Result<SourceSpec, String> {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        match kind {
+            "synthetic" => {
+                let (width, height, fps) = if rest.is_empty() {
+                    DEFAULT_SYNTHETIC
+                } else {
+                    parse_mode(rest)?
+                };
+                Ok(SourceSpec::Synthetic { width, height, fps })
+            }
+            "dir" => {
+                if rest.is_empty() {
+                    return Err("dir: needs a folder, e.g. dir:/var/lib/beltcam/frames@15".into());
+                }
+                let (path, fps) = match rest.rsplit_once('@') {
+                    Some((p, f)) => (p, parse_fps(f)?),
+                    None => (rest, DEFAULT_DIR_FPS),
+                };
+                Ok(SourceSpec::Dir {
+                    path: path.into(),
+                    fps,
+                })
+            }
+            "v4l2" => parse_v4l2(rest),
+            _ if spec.starts_with("/dev/") => parse_v4l2(spec),
+            _ => Err(format!(
+                "unknown source kind {kind:?} (expected synthetic, dir or v4l2)"
+            )),
+        }
+    }
+
+    /// Nominal frame rate, for health's staleness threshold.
+    pub fn nominal_fps(&self) -> Option<f64> {
+        match self {
+            SourceSpec::Synthetic { fps, .. } | SourceSpec::Dir { fps, .. } => Some(*fps),
+            SourceSpec::V4l2 { mode, .. } => mode.map(|m| m.2),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceSpec::Synthetic { width, height, fps } => {
+                write!(f, "synthetic:{width}x{height}@{fps}")
+            }
+            SourceSpec::Dir { path, fps } => write!(f, "dir:{}@{fps}", path.display()),
+            SourceSpec::V4l2 {
+                device,
+                mode,
+                format,
+            } => {
+                write!(f, "v4l2:{}", device.display())?;
+                if let Some((w, h, fps)) = mode {
+                    write!(f, ":{w}x{h}@{fps}")?;
+                }
+                if let Some(fmt) = format {
+                    write!(f, ":{fmt}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_v4l2(rest: &str) -> Result<SourceSpec, String> {
+    let mut parts = rest.splitn(3, ':');
+    let device = parts.next().unwrap_or_default();
+    if device.is_empty() {
+        return Err("v4l2: needs a device, e.g. v4l2:/dev/video0".into());
+    }
+    let mode = parts.next().map(parse_mode).transpose()?;
+    let format = match parts.next() {
+        Some(f) if f.len() == 4 && f.is_ascii() => Some(f.to_ascii_uppercase()),
+        Some(f) => return Err(format!("format {f:?} is not a fourcc like MJPG or YUYV")),
+        None => None,
+    };
+    Ok(SourceSpec::V4l2 {
+        device: device.into(),
+        mode,
+        format,
+    })
+}
+
+/// `WxH@FPS` (the `@FPS` may be left out: 30).
+pub fn parse_mode(s: &str) -> Result<(u32, u32, f64), String> {
+    let (size, fps) = match s.split_once('@') {
+        Some((size, fps)) => (size, parse_fps(fps)?),
+        None => (s, 30.0),
+    };
+    let (w, h) = size
+        .split_once('x')
+        .ok_or_else(|| format!("size {size:?} is not WIDTHxHEIGHT"))?;
+    let dim = |v: &str| -> Result<u32, String> {
+        match v.parse::<u32>() {
+            Ok(n) if (16..=8192).contains(&n) && n % 2 == 0 => Ok(n),
+            _ => Err(format!("{v:?} is not an even size between 16 and 8192")),
+        }
+    };
+    Ok((dim(w)?, dim(h)?, fps))
+}
+
+fn parse_fps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 240.0 => Ok(f),
+        _ => Err(format!("fps {s:?} is not a number between 0 and 240")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        assert_eq!(
+            SourceSpec::parse("synthetic").unwrap(),
+            SourceSpec::Synthetic {
+                width: 1280,
+                height: 720,
+                fps: 30.0
+            }
+        );
+        assert_eq!(
+            SourceSpec::parse("synthetic:640x480@15").unwrap(),
+            SourceSpec::Synthetic {
+                width: 640,
+                height: 480,
+                fps: 15.0
+            }
+        );
+        assert_eq!(
+            SourceSpec::parse("dir:/tmp/a@2.5").unwrap(),
+            SourceSpec::Dir {
+                path: "/tmp/a".into(),
+                fps: 2.5
+            }
+        );
+        assert_eq!(
+            SourceSpec::parse("v4l2:/dev/video0:640x480@25:yuyv").unwrap(),
+            SourceSpec::V4l2 {
+                device: "/dev/video0".into(),
+                mode: Some((640, 480, 25.0)),
+                format: Some("YUYV".into())
+            }
+        );
+        assert!(matches!(
+            SourceSpec::parse("/dev/v4l/by-id/usb-cam-video-index0").unwrap(),
+            SourceSpec::V4l2 { mode: None, .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_reasons() {
+        for bad in [
+            "webcam",
+            "synthetic:640x@30",
+            "synthetic:641x480",
+            "synthetic:640x480@0",
+            "dir:",
+            "v4l2:",
+            "v4l2:/dev/video0:640x480@25:JPEG2",
+        ] {
+            assert!(SourceSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "synthetic:640x480@15",
+            "dir:/x@15",
+            "v4l2:/dev/video0:640x480@25:YUYV",
+        ] {
+            let spec = SourceSpec::parse(s).unwrap();
+            assert_eq!(SourceSpec::parse(&spec.to_string()).unwrap(), spec);
+        }
+    }
+}

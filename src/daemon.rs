@@ -1,0 +1,151 @@
+//! Start-up and supervision: cameras and their capture threads, listeners, serving threads, and the
+//! main thread's supervision loop (health, and later the systemd watchdog and status).
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::app::{App, ServerCounters};
+use crate::capture::spec::SourceSpec;
+use crate::capture::{self, Camera, FrameSource};
+use crate::config::{CameraSettings, Settings};
+use crate::health::Health;
+use crate::net;
+use crate::session::SessionTable;
+use crate::shutdown::Shutdown;
+
+/// The camera used when none is configured: `/dev/video0` when present, else the test pattern.
+pub fn default_camera() -> CameraSettings {
+    let (w, h, fps) = capture::spec::DEFAULT_SYNTHETIC;
+    let source = SourceSpec::Synthetic {
+        width: w,
+        height: h,
+        fps,
+    };
+    info!(source = %source, "no camera configured and no /dev/video0; using the synthetic test pattern");
+    CameraSettings {
+        name: "cam0".into(),
+        source,
+        quality: 80,
+    }
+}
+
+/// The source behind a spec.
+pub fn make_source(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, String> {
+    match spec {
+        SourceSpec::Synthetic { width, height, fps } => Ok(Box::new(
+            capture::synthetic::Synthetic::new(*width, *height, *fps),
+        )),
+        SourceSpec::Dir { path, fps } => {
+            Ok(Box::new(capture::dir::DirSource::new(path.clone(), *fps)))
+        }
+        SourceSpec::V4l2 { .. } => Err(format!(
+            "{spec}: V4L2 capture is not built into this version"
+        )),
+    }
+}
+
+pub struct Running {
+    pub app: Arc<App>,
+    serving_done: mpsc::Receiver<()>,
+    serving: usize,
+}
+
+/// Binds, starts every thread, and returns once the daemon is serving.
+pub fn start(mut settings: Settings, shutdown: Arc<Shutdown>) -> Result<Running, String> {
+    let backend = net::choose(settings.io_backend)?;
+    if settings.cameras.is_empty() {
+        settings.cameras.push(default_camera());
+    }
+    let listeners = settings
+        .listen
+        .iter()
+        .map(|a| net::bind(*a).map_err(|e| format!("cannot listen on {a}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let health = Health::new();
+    let mut cameras = Vec::new();
+    let mut sources = Vec::new();
+    for c in &settings.cameras {
+        sources.push(make_source(&c.source)?);
+        let hb = health.register(format!("capture:{}", c.name));
+        cameras.push(Arc::new(Camera::new(
+            c.name.clone(),
+            c.source.clone(),
+            c.quality,
+            hb,
+            Arc::clone(&shutdown),
+        )));
+    }
+    let threads = match settings.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let app = Arc::new(App {
+        sessions: Arc::new(SessionTable::new(settings.max_sessions)),
+        settings,
+        cameras,
+        health,
+        shutdown,
+        backend,
+        counters: ServerCounters::default(),
+        pending: Arc::new(AtomicUsize::new(0)),
+    });
+    for (cam, source) in app.cameras.iter().zip(sources) {
+        let cam = Arc::clone(cam);
+        std::thread::Builder::new()
+            .name(format!("capture-{}", cam.name))
+            .spawn(move || capture::run_capture(cam, source))
+            .map_err(|e| format!("cannot start a capture thread: {e}"))?;
+    }
+    let (done_tx, serving_done) = mpsc::channel();
+    for i in 0..threads {
+        let ls = listeners
+            .iter()
+            .map(|l| l.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot share a listener: {e}"))?;
+        let app = Arc::clone(&app);
+        let hb = app.health.register(format!("serve-{i}"));
+        let done = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("serve-{i}"))
+            .spawn(move || {
+                net::serve(app, ls, hb);
+                let _ = done.send(());
+            })
+            .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+    }
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
+        .collect();
+    info!(listen = ?addrs, io_backend = backend.as_str(), threads,
+          cameras = app.cameras.len(), "beltcam serving");
+    Ok(Running {
+        app,
+        serving_done,
+        serving: threads,
+    })
+}
+
+impl Running {
+    /// Supervises until shutdown is triggered.
+    pub fn supervise(&self) {
+        while !self.app.shutdown.wait_timeout(Duration::from_secs(1)) {}
+        self.app.sessions.close_all();
+    }
+
+    /// Waits up to `limit` for the serving threads to finish.
+    pub fn join_serving(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for _ in 0..self.serving {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.serving_done.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Liveness: one heartbeat per long-lived thread, and the `/health` verdict built from them.
+//!
+//! A thread that stops beating is wedged; the daemon then reports `down` and stops pinging the systemd
+//! watchdog so it gets restarted. A camera that is unplugged is not wedged: its capture thread keeps
+//! beating while it retries, and health says `degraded` with the reason.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A thread stalled longer than this is reported as wedged.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(5);
+
+pub struct Heartbeat {
+    pub name: String,
+    epoch: Instant,
+    last_ms: AtomicU64,
+    beats: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+}
+
+/// Every heartbeat in the process.
+pub struct Health {
+    epoch: Instant,
+    beats: Mutex<Vec<Arc<Heartbeat>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Health {
+            epoch: Instant::now(),
+            beats: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers a thread's heartbeat (it starts as just beaten).
+    pub fn register(&self, name: impl Into<String>) -> Arc<Heartbeat> {
+        let hb = Arc::new(Heartbeat {
+            name: name.into(),
+            epoch: self.epoch,
+            last_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            beats: AtomicU64::new(0),
+        });
+        if let Ok(mut v) = self.beats.lock() {
+            v.push(Arc::clone(&hb));
+        }
+        hb
+    }
+
+    /// Name and age of each heartbeat.
+    pub fn threads(&self) -> Vec<(String, Duration)> {
+        self.beats
+            .lock()
+            .map(|v| v.iter().map(|h| (h.name.clone(), h.age())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The first thread whose heartbeat is older than `WEDGED_AFTER`, if any.
+    pub fn wedged(&self) -> Option<String> {
+        self.threads()
+            .into_iter()
+            .find(|(_, age)| *age > WEDGED_AFTER)
+            .map(|(n, _)| n)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Degraded,
+    Down,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Down => "down",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_heartbeats_are_not_wedged() {
+        let h = Health::new();
+        let a = h.register("capture:a");
+        a.beat();
+        assert_eq!(h.wedged(), None);
+        assert_eq!(h.threads().len(), 1);
+        assert!(a.age() < WEDGED_AFTER);
+        assert_eq!(a.beats(), 1);
+    }
+}

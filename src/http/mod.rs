@@ -1,0 +1,7 @@
+//! HTTP: request parsing, routing, responses and the multipart framing. Everything here is pure
+//! (no sockets), so it is unit-tested and fuzzed directly; `server` does the I/O.
+
+pub mod multipart;
+pub mod request;
+pub mod response;
+pub mod routes;

@@ -1,0 +1,127 @@
+//! Small complete responses (errors, JSON, HTML), rendered into one buffer and sent with one write.
+
+use std::fmt::Write;
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A response being built: status, extra headers, body.
+pub struct Response {
+    pub status: u16,
+    content_type: &'static str,
+    extra: String,
+    body: Vec<u8>,
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type,
+            extra: String::new(),
+            body: body.into(),
+            close: false,
+        }
+    }
+
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        let mut b = serde_json::to_vec(body).unwrap_or_default();
+        b.push(b'\n');
+        Self::new(status, "application/json", b)
+    }
+
+    /// A JSON error body `{"error": code, "reason": text}`.
+    pub fn error(status: u16, reason_text: &str) -> Self {
+        Self::json(
+            status,
+            &serde_json::json!({"error": reason(status), "status": status, "reason": reason_text}),
+        )
+    }
+
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        let _ = write!(self.extra, "{name}: {value}\r\n");
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Head and (unless `head_only`) body, ready to write.
+    pub fn render(&self, head_only: bool) -> Vec<u8> {
+        let mut out = String::with_capacity(256 + self.extra.len());
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{}Connection: {}\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            self.extra,
+            if self.close { "close" } else { "keep-alive" },
+        );
+        let mut bytes = out.into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+/// The head of a snapshot response; the JPEG bytes follow from the lease.
+pub fn snapshot_head(jpeg_len: usize, timestamp_us: u64, seq: u64, close: bool) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg_len}\r\n\
+         X-Timestamp: {}\r\nX-Frame: {seq}\r\nCache-Control: no-store\r\n\
+         Access-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
+        super::multipart::Timestamp(timestamp_us),
+        if close { "close" } else { "keep-alive" },
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_only_keeps_content_length() {
+        let r = Response::new(200, "text/plain", "hello").header("Retry-After", 1);
+        let full = String::from_utf8(r.render(false)).unwrap();
+        let head = String::from_utf8(r.render(true)).unwrap();
+        assert!(full.ends_with("\r\n\r\nhello"));
+        assert!(head.ends_with("\r\n\r\n"));
+        assert!(head.contains("Content-Length: 5\r\n"));
+        assert!(head.contains("Retry-After: 1\r\n"));
+    }
+
+    #[test]
+    fn error_is_json_with_reason() {
+        let r = Response::error(503, "session table full").closing();
+        let s = String::from_utf8(r.render(false)).unwrap();
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(s.contains("Connection: close"));
+        let body: serde_json::Value =
+            serde_json::from_str(s.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["reason"], "session table full");
+    }
+}

@@ -1,0 +1,120 @@
+//! Routing: request method and path to an endpoint. Pure, so every URL clients use is unit-tested.
+//!
+//! Drop-in URLs: ustreamer serves `/stream`, `/snapshot`, `/state`; mjpg-streamer serves
+//! `/?action=stream` and `/?action=snapshot`. OctoPrint, Home Assistant and Frigate configs carry
+//! these verbatim, so both sets map to the first camera.
+
+use super::request::{Method, Request};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Index,
+    Stream(usize),
+    Snapshot(usize),
+    Health,
+    Stats,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    /// The path exists but not for this method; carries the `Allow` header value.
+    MethodNotAllowed(&'static str),
+}
+
+/// Resolves a request. `camera` maps a camera name to its index.
+pub fn route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<Route, RouteError> {
+    let r = match (req.path.as_str(), req.query_param("action")) {
+        ("/", Some("stream")) => Route::Stream(0),
+        ("/", Some("snapshot")) => Route::Snapshot(0),
+        ("/", Some(_)) => return Err(RouteError::NotFound),
+        ("/" | "/index.html", None) => Route::Index,
+        ("/stream", _) => Route::Stream(0),
+        ("/snapshot", _) => Route::Snapshot(0),
+        ("/health", _) => Route::Health,
+        ("/stats" | "/state", _) => Route::Stats,
+        (path, _) => camera_route(path, &camera).ok_or(RouteError::NotFound)?,
+    };
+    match req.method {
+        Method::Get | Method::Head => Ok(r),
+        _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
+    }
+}
+
+fn camera_route(path: &str, camera: &impl Fn(&str) -> Option<usize>) -> Option<Route> {
+    let rest = path.strip_prefix("/cam/")?;
+    let (name, what) = rest.split_once('/')?;
+    let idx = camera(name)?;
+    match what {
+        "stream" => Some(Route::Stream(idx)),
+        "snapshot" => Some(Route::Snapshot(idx)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse;
+
+    fn r(raw: &str) -> Result<Route, RouteError> {
+        let req = parse(raw.as_bytes()).unwrap().unwrap();
+        route(&req, |n| ["front", "back"].iter().position(|c| *c == n))
+    }
+
+    #[test]
+    fn ustreamer_and_mjpg_streamer_urls() {
+        assert_eq!(r("GET /stream HTTP/1.1\r\n\r\n"), Ok(Route::Stream(0)));
+        assert_eq!(r("GET /snapshot HTTP/1.1\r\n\r\n"), Ok(Route::Snapshot(0)));
+        assert_eq!(
+            r("GET /?action=stream HTTP/1.1\r\n\r\n"),
+            Ok(Route::Stream(0))
+        );
+        assert_eq!(
+            r("GET /?action=snapshot&n=1 HTTP/1.1\r\n\r\n"),
+            Ok(Route::Snapshot(0))
+        );
+        assert_eq!(r("GET /state HTTP/1.1\r\n\r\n"), Ok(Route::Stats));
+        assert_eq!(
+            r("GET /stream?extra_headers=1 HTTP/1.1\r\n\r\n"),
+            Ok(Route::Stream(0))
+        );
+    }
+
+    #[test]
+    fn per_camera_urls() {
+        assert_eq!(
+            r("GET /cam/back/stream HTTP/1.1\r\n\r\n"),
+            Ok(Route::Stream(1))
+        );
+        assert_eq!(
+            r("HEAD /cam/front/snapshot HTTP/1.1\r\n\r\n"),
+            Ok(Route::Snapshot(0))
+        );
+        assert_eq!(
+            r("GET /cam/side/stream HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            r("GET /cam/front/x HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+    }
+
+    #[test]
+    fn unknown_and_wrong_method() {
+        assert_eq!(r("GET /nope HTTP/1.1\r\n\r\n"), Err(RouteError::NotFound));
+        assert_eq!(
+            r("GET /?action=x HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            r("POST /stream HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(
+            r("BREW /health HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD"))
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! beltcam: captures frames from cameras into fixed lock-free frame pools and serves them as MJPEG
+//! over HTTP, on io_uring or epoll, with every table, queue and buffer bounded at compile time.
+//!
+//! The binary (`main.rs`) wires these modules together; they are a library so that tests, benchmarks
+//! and fuzz targets can use the pure parts (HTTP parsing, JPEG checks, the pool) directly.
+#![forbid(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod http;
+pub mod index;
+pub mod limits;
+pub mod net;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod stats;

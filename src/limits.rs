@@ -1,0 +1,53 @@
+//! Compile-time capacities, in one place.
+//!
+//! beltcam's memory is bounded by construction: every table, queue and buffer below is sized here and
+//! allocated once at start-up. `/stats` reports the pool figures so operators can see them.
+
+/// Frame slots per camera. A session holds a lease only while its write is in flight (it waits for the
+/// socket to drain before taking one), so a handful of slots serve any number of viewers; the rest
+/// absorb encode workers writing ahead and the newest frame always being readable.
+pub const POOL_SLOTS: usize = 8;
+
+/// Bytes per slot, including the pre-rendered multipart part header and trailer around the JPEG.
+pub const SLOT_BYTES: usize = 2 * 1024 * 1024;
+
+/// Room reserved in front of the JPEG for the multipart part header (boundary, Content-Type,
+/// Content-Length, X-Timestamp, X-Frame). The longest header rendered is well under this.
+pub const PART_HEADER_MAX: usize = 256;
+
+/// Bytes after the JPEG: the part's CRLF and the next boundary (see `http::multipart`).
+pub const PART_TRAILER: &[u8] = crate::http::multipart::PART_TRAILER;
+
+/// Largest JPEG a slot can hold; a bigger frame is rejected and counted as `oversize`.
+pub const MAX_JPEG_BYTES: usize = SLOT_BYTES - PART_HEADER_MAX - PART_TRAILER.len();
+
+/// Concurrent viewer sessions across all cameras (the session table's capacity).
+pub const MAX_SESSIONS: usize = 1024;
+
+/// Connections accepted but not yet admitted as sessions (reading their request). Past this, new
+/// connections are closed at once: a flood of idle sockets cannot pin memory or fds.
+pub const MAX_PENDING_CONNECTIONS: usize = 256;
+
+/// Cameras one process serves.
+pub const MAX_CAMERAS: usize = 8;
+
+/// Longest camera name (used in URLs and labels).
+pub const MAX_CAMERA_NAME: usize = 32;
+
+/// Request head (request line + headers) in bytes; larger gets `431`.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Request headers counted; more gets `431`.
+pub const MAX_HEADERS: usize = 32;
+
+/// Files a `dir:` camera loops over; further files are ignored with a warning.
+pub const MAX_DIR_FILES: usize = 4096;
+
+/// Listening sockets (`--listen` may be given this many times).
+pub const MAX_LISTENERS: usize = 8;
+
+/// Serving threads (one io runtime each).
+pub const MAX_SERVING_THREADS: usize = 64;
+
+/// Bytes of a control response (JSON, HTML) rendered per request.
+pub const MAX_CONTROL_RESPONSE: usize = 256 * 1024;

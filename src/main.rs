@@ -1,0 +1,178 @@
+//! The `beltcam` binary: arguments, logging, configuration, and the threads. Exit codes live here:
+//! 0 after a graceful stop, 1 when start-up fails (bind, io backend), 2 on a configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
+use beltcam::{daemon, shutdown};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "beltcam",
+    version,
+    about = "Bounded, zero-copy MJPEG streaming for V4L2 cameras"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML config file (default: /etc/beltcam/beltcam.toml when it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on, repeatable; replaces server.listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// Camera source `[NAME=]SPEC`, repeatable; replaces the configured cameras.
+    /// SPEC: synthetic[:WxH@FPS] | dir:PATH[@FPS] | v4l2:DEVICE[:WxH@FPS[:FORMAT]]
+    #[arg(long, value_name = "[NAME=]SPEC")]
+    source: Vec<String>,
+    /// io backend: auto probes io_uring and falls back to epoll.
+    #[arg(long, value_enum)]
+    io_backend: Option<IoBackendChoice>,
+    /// Log level or tracing filter (error, warn, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Serving threads (0: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Concurrent stream sessions (at most the compiled capacity).
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// Send timeout for one frame, in milliseconds.
+    #[arg(long)]
+    send_timeout_ms: Option<u64>,
+    /// Deadline for a request head, in milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check the configuration and print the effective settings, then exit.
+    CheckConfig,
+}
+
+/// Applies command-line overrides to the file's configuration.
+fn apply_flags(cli: &Cli, cfg: &mut Config) {
+    let s = &mut cfg.server;
+    if !cli.listen.is_empty() {
+        s.listen = cli.listen.clone();
+    }
+    if let Some(b) = cli.io_backend {
+        s.io_backend = b;
+    }
+    if let Some(t) = cli.threads {
+        s.threads = t;
+    }
+    if let Some(m) = cli.max_sessions {
+        s.max_sessions = m;
+    }
+    if let Some(t) = cli.send_timeout_ms {
+        s.send_timeout_ms = t;
+    }
+    if let Some(t) = cli.request_timeout_ms {
+        s.request_timeout_ms = t;
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log.level = l.clone();
+    }
+    if !cli.source.is_empty() {
+        cfg.cameras = cli
+            .source
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| {
+                // NAME=SPEC; a bare SPEC gets cam0, cam1, ...
+                let (name, spec) = match arg.split_once('=') {
+                    Some((n, s)) if !n.contains(':') && !n.contains('/') => (n.to_string(), s),
+                    _ => (format!("cam{i}"), arg.as_str()),
+                };
+                CameraConfig {
+                    name,
+                    source: spec.to_string(),
+                    quality: 80,
+                }
+            })
+            .collect();
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, beltcam::config::ConfigError> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    apply_flags(cli, &mut cfg);
+    cfg.validate()
+}
+
+fn init_tracing(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+        format!("config error: log.level: {level:?} is not a level or filter ({e})")
+    })?;
+    // Under systemd the journal stamps time and stores the priority itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if journal {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stderr)]
+fn main() -> ExitCode {
+    // Before any thread exists, so all of them inherit the blocked mask.
+    if let Err(e) = shutdown::block_signals() {
+        eprintln!("beltcam: cannot block signals: {e}");
+        return ExitCode::from(1);
+    }
+    let cli = Cli::parse();
+    let settings = match load_settings(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("beltcam: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_tracing(&settings.log_level) {
+        eprintln!("beltcam: {e}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            info!(?settings, "configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Some(Command::Run) | None => run(settings),
+    }
+}
+
+fn run(settings: Settings) -> ExitCode {
+    let shutdown = Arc::new(shutdown::Shutdown::new());
+    if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
+        error!(%e, "cannot start the signal thread");
+        return ExitCode::from(1);
+    }
+    let running = match daemon::start(settings, Arc::clone(&shutdown)) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    running.supervise();
+    // Graceful: sessions see shutdown at once; give serving threads a bounded moment to close
+    // their sockets, then exit whatever is still in flight (the kernel closes the rest).
+    running.join_serving(Duration::from_millis(700));
+    info!("stopped");
+    ExitCode::SUCCESS
+}

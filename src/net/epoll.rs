@@ -1,0 +1,101 @@
+//! The epoll backend (tokio's reactor), for where io_uring is refused. Frame writes go straight from
+//! the leased slot with non-blocking `write`, so both backends send the same bytes with no copy.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{pollout_now, run_thread, Acceptor, Conn};
+use crate::app::App;
+use crate::health::Heartbeat;
+use crate::pool::LeaseBuf;
+
+pub struct EpollConn(TcpStream);
+
+impl Conn for EpollConn {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        if len == buf.capacity() {
+            return (Err(io::Error::other("read buffer full")), buf);
+        }
+        buf.resize(buf.capacity(), 0);
+        let res = self.0.read(&mut buf[len..]).await;
+        buf.truncate(len + *res.as_ref().unwrap_or(&0));
+        (res, buf)
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        (self.0.write_all(&buf).await, buf)
+    }
+
+    async fn write_lease(&mut self, buf: LeaseBuf) -> io::Result<()> {
+        let bytes = buf.as_slice();
+        let mut off = 0;
+        while off < bytes.len() {
+            self.0.writable().await?;
+            match self.0.try_write(&bytes[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn drained(&mut self) -> io::Result<()> {
+        let fd = self.0.as_raw_fd();
+        loop {
+            self.0.writable().await?;
+            // A WouldBlock from the closure clears tokio's cached readiness, so the next
+            // `writable` waits for the kernel's next EPOLLOUT edge.
+            match self.0.try_io(Interest::WRITABLE, || pollout_now(fd)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+pub struct EpollAcceptor(TcpListener);
+
+impl Acceptor for EpollAcceptor {
+    type Conn = EpollConn;
+    async fn accept(&self) -> io::Result<(EpollConn, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((EpollConn(stream), peer))
+    }
+}
+
+pub fn serve(app: Arc<App>, listeners: Vec<std::net::TcpListener>, heartbeat: Arc<Heartbeat>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(%e, "cannot start the epoll runtime");
+            app.shutdown.trigger();
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut acceptors = Vec::new();
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => acceptors.push(EpollAcceptor(l)),
+                Err(e) => tracing::error!(%e, "cannot register a listener"),
+            }
+        }
+        run_thread(app, acceptors, heartbeat).await;
+    });
+}

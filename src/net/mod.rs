@@ -1,0 +1,218 @@
+//! The I/O backend seam: io_uring (tokio-uring) or epoll (tokio), chosen at start-up.
+//!
+//! tokio-uring is barely maintained and io_uring is refused in many places (old kernels, Docker's
+//! and Kubernetes' default seccomp, RHEL's default, qemu-user), so the server is written once against
+//! the small [`Conn`] trait and each backend supplies a runtime, an accept loop and a `Conn`.
+//! Swapping or adding a backend touches only this folder.
+
+pub mod epoll;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::IoBackendChoice;
+use crate::pool::LeaseBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why io_uring cannot be used here, or `None` if it can.
+pub fn probe_uring() -> Option<io::Error> {
+    match io_uring::IoUring::new(8) {
+        Ok(_) => None,
+        Err(e) => Some(e),
+    }
+}
+
+/// Picks the backend: `auto` probes and falls back to epoll on ENOSYS/EPERM/EINVAL (and any other
+/// refusal, logged); `uring` insists and fails start-up with the reason.
+pub fn choose(choice: IoBackendChoice) -> Result<Backend, String> {
+    match choice {
+        IoBackendChoice::Epoll => Ok(Backend::Epoll),
+        IoBackendChoice::Uring => match probe_uring() {
+            None => Ok(Backend::Uring),
+            Some(e) => Err(format!(
+                "io_backend = uring, but io_uring is not available: {e}"
+            )),
+        },
+        IoBackendChoice::Auto => match probe_uring() {
+            None => Ok(Backend::Uring),
+            Some(e) => {
+                let known = matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL)
+                );
+                if known {
+                    info!(reason = %e, "io_uring refused by this kernel or sandbox; using epoll");
+                } else {
+                    warn!(reason = %e, "io_uring probe failed unexpectedly; using epoll");
+                }
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
+
+/// One accepted connection, as the server sees it. Buffers are passed by value because io_uring
+/// owns them while an operation is in flight.
+#[allow(async_fn_in_trait)]
+pub trait Conn {
+    /// Appends what arrives to `buf`, up to its capacity (never grows it). 0 means EOF.
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Writes all of `buf`.
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Writes all of a leased frame straight from its pool slot.
+    async fn write_lease(&mut self, buf: LeaseBuf) -> io::Result<()>;
+    /// Waits until the socket has drained below TCP_NOTSENT_LOWAT, so the next frame's write
+    /// completes at once and its lease is short.
+    async fn drained(&mut self) -> io::Result<()>;
+    fn raw_fd(&self) -> RawFd;
+}
+
+/// `Err(WouldBlock)` unless `fd` is writable right now (poll with a zero timeout). With
+/// TCP_NOTSENT_LOWAT set, "writable" means the unsent backlog is below the mark.
+pub fn pollout_now(fd: RawFd) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+    }
+    if pfd.revents & libc::POLLOUT != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
+    }
+}
+
+/// Socket options for a streaming session: a send buffer that holds a whole frame (the kernel
+/// doubles the value) and a low not-sent mark, so "writable" means "drained".
+pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
+    // SAFETY: the caller's connection owns `fd` and outlives this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    let want = (frame_len * 2 + 64 * 1024).clamp(128 * 1024, 4 * 1024 * 1024);
+    if sock.send_buffer_size().map_or(true, |cur| cur < want * 2) {
+        let _ = sock.set_send_buffer_size(want);
+    }
+    let lowat: libc::c_int = 32 * 1024;
+    // SAFETY: setsockopt with a valid fd and an int option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &lowat as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Runs one serving thread's runtime until shutdown.
+pub fn serve(
+    app: Arc<App>,
+    listeners: Vec<std::net::TcpListener>,
+    heartbeat: Arc<crate::health::Heartbeat>,
+) {
+    match app.backend {
+        Backend::Uring => uring::serve(app, listeners, heartbeat),
+        Backend::Epoll => epoll::serve(app, listeners, heartbeat),
+    }
+}
+
+/// Binds a listening socket the way every backend wants it: SO_REUSEADDR, non-blocking, deep backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// A listening socket of one backend.
+#[allow(async_fn_in_trait)]
+pub trait Acceptor {
+    type Conn: Conn + 'static;
+    async fn accept(&self) -> io::Result<(Self::Conn, SocketAddr)>;
+}
+
+/// The body of a serving thread, the same on every backend (both run tasks on a `LocalSet`): a
+/// heartbeat ticker and one accept loop per listener, until shutdown.
+pub async fn run_thread<A: Acceptor + 'static>(
+    app: Arc<App>,
+    acceptors: Vec<A>,
+    heartbeat: Arc<crate::health::Heartbeat>,
+) {
+    let mut shutdown = app.shutdown.subscribe();
+    tokio::task::spawn_local(async move {
+        loop {
+            heartbeat.beat();
+            #[cfg(feature = "test-hooks")]
+            crate::hooks::maybe_wedge(&heartbeat.name);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    for acceptor in acceptors {
+        tokio::task::spawn_local(accept_loop(Arc::clone(&app), acceptor));
+    }
+    crate::shutdown::triggered(&mut shutdown).await;
+    // Sessions watch shutdown too; give them a moment to close their sockets.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+async fn accept_loop<A: Acceptor + 'static>(app: Arc<App>, acceptor: A) {
+    use crate::app::{PendingGuard, ServerCounters};
+    use crate::limits::MAX_PENDING_CONNECTIONS;
+    let mut shutdown = app.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            r = acceptor.accept() => r,
+            _ = crate::shutdown::triggered(&mut shutdown) => return,
+        };
+        let (conn, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays open.
+                warn!(%e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        ServerCounters::bump(&app.counters.accepted);
+        let Some(pending) = PendingGuard::try_new(&app.pending, MAX_PENDING_CONNECTIONS) else {
+            ServerCounters::bump(&app.counters.pending_rejected);
+            continue; // dropping `conn` closes it
+        };
+        tokio::task::spawn_local(crate::server::handle(Arc::clone(&app), conn, peer, pending));
+    }
+}

@@ -1,0 +1,97 @@
+//! The io_uring backend (tokio-uring): accepts, reads and frame writes are io_uring operations. A
+//! frame write owns its `LeaseBuf`, so the slot stays pinned until the kernel completes the write,
+//! even if the session gave up on it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::{pollout_now, run_thread, Acceptor, Conn};
+use crate::app::App;
+use crate::health::Heartbeat;
+use crate::pool::LeaseBuf;
+
+pub struct UringConn {
+    // Declared before `stream`: deregisters from epoll before the socket closes.
+    ready: Option<AsyncFd<RawFd>>,
+    stream: TcpStream,
+    fd: RawFd,
+}
+
+impl Conn for UringConn {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        if len == buf.capacity() {
+            return (Err(io::Error::other("read buffer full")), buf);
+        }
+        let (res, slice) = self.stream.read(buf.slice(len..)).await;
+        (res, slice.into_inner())
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.stream.write_all(buf).await
+    }
+
+    async fn write_lease(&mut self, buf: LeaseBuf) -> io::Result<()> {
+        self.stream.write_all(buf).await.0
+    }
+
+    async fn drained(&mut self) -> io::Result<()> {
+        // tokio-uring has no poll operation; the tokio reactor underneath it does readiness.
+        if self.ready.is_none() {
+            // SAFETY: `fd` belongs to `self.stream`, which outlives the registration (the field
+            // order drops `ready` first), and is not closed while registered.
+            let reg = unsafe { AsyncFd::register_with_interest(self.fd, Interest::WRITABLE) };
+            self.ready = Some(reg.map_err(|e| io::Error::other(e.to_string()))?);
+        }
+        let Some(ready) = self.ready.as_ref() else {
+            return Ok(());
+        };
+        let fd = self.fd;
+        loop {
+            let mut guard = ready.writable().await?;
+            if let Ok(res) = guard.try_io(|_| pollout_now(fd)) {
+                return res;
+            }
+        }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
+pub struct UringAcceptor(TcpListener);
+
+impl Acceptor for UringAcceptor {
+    type Conn = UringConn;
+    async fn accept(&self) -> io::Result<(UringConn, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        Ok((
+            UringConn {
+                ready: None,
+                stream,
+                fd,
+            },
+            peer,
+        ))
+    }
+}
+
+pub fn serve(app: Arc<App>, listeners: Vec<std::net::TcpListener>, heartbeat: Arc<Heartbeat>) {
+    tokio_uring::builder().entries(1024).start(async move {
+        let acceptors = listeners
+            .into_iter()
+            .map(|l| UringAcceptor(TcpListener::from_std(l)))
+            .collect();
+        run_thread(app, acceptors, heartbeat).await;
+    });
+}

@@ -1,0 +1,273 @@
+//! The session table: every stream viewer, in one fixed-capacity table for all cameras.
+//!
+//! Full means an immediate refusal (503 with Retry-After), never a queue: the old stack's unbounded
+//! client lists are what this replaces. An entry is removed when its guard drops, whatever ended the
+//! session, so a session can never outlive its connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::limits::MAX_SESSIONS;
+
+/// Live counters of one session, shared by the session's task and the table.
+#[derive(Default)]
+pub struct SessionCounters {
+    pub bytes: AtomicU64,
+    pub frames: AtomicU64,
+    pub skipped: AtomicU64,
+    close: AtomicBool,
+    close_notify: Notify,
+}
+
+impl SessionCounters {
+    /// Asks the session to end; it notices at its next wait.
+    pub fn request_close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.close_notify.notify_one();
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.close.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a close was requested.
+    pub async fn closed(&self) {
+        while !self.close_requested() {
+            self.close_notify.notified().await;
+        }
+    }
+}
+
+struct Entry {
+    id: u64,
+    peer: SocketAddr,
+    camera: usize,
+    endpoint: &'static str,
+    started_unix_ms: u64,
+    started: Instant,
+    counters: Arc<SessionCounters>,
+}
+
+/// A session as listed by `/sessions`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionView {
+    pub id: u64,
+    pub peer: String,
+    pub camera: usize,
+    pub endpoint: &'static str,
+    pub started_unix_ms: u64,
+    pub age_s: f64,
+    pub bytes_sent: u64,
+    pub frames_sent: u64,
+    pub frames_skipped: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("session table full ({0} sessions)")]
+pub struct Full(pub usize);
+
+pub struct SessionTable {
+    entries: Mutex<heapless::Vec<Entry, MAX_SESSIONS>>,
+    limit: usize,
+    next_id: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub opened: AtomicU64,
+}
+
+impl SessionTable {
+    /// A table admitting at most `limit` (<= `MAX_SESSIONS`) sessions.
+    pub fn new(limit: usize) -> Self {
+        SessionTable {
+            entries: Mutex::new(heapless::Vec::new()),
+            limit: limit.min(MAX_SESSIONS),
+            next_id: AtomicU64::new(1),
+            rejected_full: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.limit
+    }
+
+    pub fn active(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Admits a session or refuses it when the table is full.
+    pub fn open(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        camera: usize,
+        endpoint: &'static str,
+    ) -> Result<SessionGuard, Full> {
+        let mut entries = self.entries.lock().map_err(|_| Full(self.limit))?;
+        if entries.len() >= self.limit {
+            self.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Full(self.limit));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::new(SessionCounters::default());
+        let started_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let entry = Entry {
+            id,
+            peer,
+            camera,
+            endpoint,
+            started_unix_ms,
+            started: Instant::now(),
+            counters: Arc::clone(&counters),
+        };
+        if entries.push(entry).is_err() {
+            self.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Full(self.limit));
+        }
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(SessionGuard {
+            table: Arc::clone(self),
+            id,
+            counters,
+        })
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if let Some(i) = entries.iter().position(|e| e.id == id) {
+                entries.swap_remove(i);
+            }
+        }
+    }
+
+    /// Every session, oldest first.
+    pub fn list(&self) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self
+            .entries
+            .lock()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| SessionView {
+                        id: e.id,
+                        peer: e.peer.to_string(),
+                        camera: e.camera,
+                        endpoint: e.endpoint,
+                        started_unix_ms: e.started_unix_ms,
+                        age_s: e.started.elapsed().as_secs_f64(),
+                        bytes_sent: e.counters.bytes.load(Ordering::Relaxed),
+                        frames_sent: e.counters.frames.load(Ordering::Relaxed),
+                        frames_skipped: e.counters.skipped.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Asks session `id` to close; false if there is no such session.
+    pub fn close(&self, id: u64) -> bool {
+        self.close_where(|e| e.id == id) > 0
+    }
+
+    /// Asks every session older than `age` to close; returns how many.
+    pub fn close_older_than(&self, age: Duration) -> usize {
+        self.close_where(|e| e.started.elapsed() > age)
+    }
+
+    /// Asks every session to close (shutdown).
+    pub fn close_all(&self) -> usize {
+        self.close_where(|_| true)
+    }
+
+    fn close_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+        self.entries
+            .lock()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| pred(e))
+                    .inspect(|e| e.counters.request_close())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Bytes and frames sent by all current sessions (for per-camera client counts).
+    pub fn clients_per_camera(&self, cameras: usize) -> Vec<usize> {
+        let mut counts = vec![0; cameras];
+        if let Ok(entries) = self.entries.lock() {
+            for e in entries.iter() {
+                if let Some(c) = counts.get_mut(e.camera) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// Holds a table entry; dropping it removes the session.
+pub struct SessionGuard {
+    table: Arc<SessionTable>,
+    pub id: u64,
+    pub counters: Arc<SessionCounters>,
+}
+
+impl std::fmt::Debug for SessionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionGuard")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:4000".parse().unwrap()
+    }
+
+    #[test]
+    fn full_table_refuses_and_counts() {
+        let t = Arc::new(SessionTable::new(2));
+        let a = t.open(peer(), 0, "stream").unwrap();
+        let _b = t.open(peer(), 0, "stream").unwrap();
+        assert_eq!(t.open(peer(), 0, "stream").unwrap_err(), Full(2));
+        assert_eq!(t.rejected_full.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(t.active(), 1);
+        assert!(t.open(peer(), 0, "stream").is_ok());
+    }
+
+    #[test]
+    fn close_by_id_and_age() {
+        let t = Arc::new(SessionTable::new(4));
+        let a = t.open(peer(), 0, "stream").unwrap();
+        let b = t.open(peer(), 1, "stream").unwrap();
+        assert!(t.close(a.id));
+        assert!(a.counters.close_requested());
+        assert!(!b.counters.close_requested());
+        assert!(!t.close(999));
+        assert_eq!(t.close_older_than(Duration::from_secs(3600)), 0);
+        assert_eq!(t.close_older_than(Duration::ZERO), 2);
+        assert!(b.counters.close_requested());
+        assert_eq!(t.clients_per_camera(2), vec![1, 1]);
+        let ids: Vec<u64> = t.list().iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![a.id, b.id]);
+    }
+}

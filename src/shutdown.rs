@@ -1,0 +1,105 @@
+//! Shutdown: the first SIGTERM/SIGINT starts a graceful stop, a second one exits at once.
+//!
+//! Signals are blocked in every thread and taken by one thread with `sigwait`, so no handler runs
+//! in an arbitrary thread and the async runtimes need no signal driver. Everything that waits also
+//! watches `Shutdown`, so a stop is noticed within one wait.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub struct Shutdown {
+    flag: AtomicBool,
+    tx: watch::Sender<bool>,
+    lock: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Shutdown {
+            flag: AtomicBool::new(false),
+            tx: watch::channel(false).0,
+            lock: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.tx.send_replace(true);
+        if let Ok(mut g) = self.lock.lock() {
+            *g = true;
+            self.cv.notify_all();
+        }
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Blocks the calling thread until triggered or `timeout`; true if triggered.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let Ok(g) = self.lock.lock() else {
+            return self.is_triggered();
+        };
+        match self.cv.wait_timeout_while(g, timeout, |t| !*t) {
+            Ok((g, _)) => *g,
+            Err(_) => self.is_triggered(),
+        }
+    }
+}
+
+/// Resolves when shutdown is triggered.
+pub async fn triggered(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|t| *t).await;
+}
+
+fn signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Blocks SIGTERM/SIGINT in the calling thread, so every thread spawned after inherits the mask.
+/// Call first thing in `main`.
+pub fn block_signals() -> nix::Result<()> {
+    signals().thread_block()
+}
+
+/// Starts the thread that turns signals into shutdown.
+pub fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let set = signals();
+            let mut seen = 0;
+            loop {
+                let Ok(sig) = set.wait() else { continue };
+                seen += 1;
+                if seen == 1 {
+                    info!(signal = %sig, "shutting down (send again to exit at once)");
+                    shutdown.trigger();
+                } else {
+                    warn!(signal = %sig, "second signal: exiting now");
+                    std::process::exit(128 + sig as i32);
+                }
+            }
+        })
+        .map(|_| ())
+}

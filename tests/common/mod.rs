@@ -1,0 +1,323 @@
+//! Shared helpers for integration tests: start the real binary on a free loopback port, talk HTTP
+//! to it with plain sockets, and parse its multipart stream. Every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Tests that measure frame rates run one at a time: this machine has two cores.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The io backends a test runs on; io_uring is skipped (with the reason printed) where the kernel
+/// or sandbox refuses it, e.g. under qemu-user.
+pub fn backend_available(backend: &str) -> bool {
+    if backend != "uring" {
+        return true;
+    }
+    if std::env::var_os("BELTCAM_SKIP_URING").is_some() {
+        eprintln!("skipping the io_uring run: BELTCAM_SKIP_URING is set");
+        return false;
+    }
+    match beltcam::net::probe_uring() {
+        None => true,
+        Some(e) => {
+            eprintln!("skipping the io_uring run: io_uring unavailable here ({e})");
+            false
+        }
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts beltcam with `args` plus `--listen 127.0.0.1:PORT` and waits until `/health` answers.
+    pub fn start(args: &[&str]) -> Daemon {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
+            .args(["--listen", &listen, "--log-level", "info"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start beltcam");
+        let mut d = Daemon { child, port, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("beltcam exited at start-up ({status}): {}", self.log_text());
+            }
+            if let Ok((200, _, _)) = get(self.port, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("beltcam not healthy within 20 s: {}", self.log_text());
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let (code, _, body) = get(self.port, "/stats").expect("/stats answers");
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).expect("/stats is JSON")
+    }
+
+    /// Sends a signal and waits up to `limit` for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+        wait_exit(&mut self.child, limit)
+    }
+
+    /// Resident set size of the daemon, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        proc_status_kb(self.pid(), "VmRSS:") * 1024
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn proc_status_kb(pid: i32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    s
+}
+
+/// Sends raw bytes and reads the whole response (until close or 5 s). Returns status, head, body.
+pub fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut s = connect(port);
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out)
+}
+
+pub fn parse_response(out: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head in {} bytes", out.len())))?;
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status code"))?;
+    Ok((code, head, out[split + 4..].to_vec()))
+}
+
+/// `GET path` with `Connection: close`.
+pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+    raw(port, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// One multipart part.
+pub struct Part {
+    pub seq: u64,
+    pub timestamp: f64,
+    pub jpeg: Vec<u8>,
+    pub received: Instant,
+}
+
+/// A viewer reading a multipart stream part by part.
+pub struct Viewer {
+    reader: BufReader<TcpStream>,
+}
+
+impl Viewer {
+    /// Connects, requests `path`, and checks the response head.
+    pub fn open(port: u16, path: &str) -> Viewer {
+        let mut s = connect(port);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("send request");
+        let mut reader = BufReader::with_capacity(1 << 20, s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("response head");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "stream refused: {head}");
+        assert!(
+            header(&head, "content-type")
+                .is_some_and(|v| v.starts_with("multipart/x-mixed-replace;boundary=boundarydonotcross")),
+            "{head}"
+        );
+        let mut v = Viewer { reader };
+        let first = v.line();
+        assert_eq!(first, "--boundarydonotcross", "first boundary");
+        v
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read line");
+        line.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    /// Reads the next part; panics on a framing error, `None` on EOF.
+    pub fn next_part(&mut self) -> Option<Part> {
+        let mut len = None;
+        let mut seq = 0;
+        let mut timestamp = 0.0;
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').expect("part header line");
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok(),
+                "x-frame" => seq = v.trim().parse().expect("X-Frame number"),
+                "x-timestamp" => timestamp = v.trim().parse().expect("X-Timestamp"),
+                "content-type" => assert_eq!(v.trim(), "image/jpeg"),
+                _ => {}
+            }
+        }
+        let mut jpeg = vec![0; len.expect("Content-Length")];
+        self.reader.read_exact(&mut jpeg).ok()?;
+        let received = Instant::now();
+        let mut crlf = [0u8; 2];
+        self.reader.read_exact(&mut crlf).ok()?;
+        assert_eq!(&crlf, b"\r\n", "part must end with CRLF");
+        let b = self.line();
+        assert_eq!(b, "--boundarydonotcross", "boundary after part");
+        Some(Part {
+            seq,
+            timestamp,
+            jpeg,
+            received,
+        })
+    }
+
+    /// Reads parts for `dur` measured from the first part; returns them.
+    pub fn read_for(&mut self, dur: Duration) -> Vec<Part> {
+        let mut parts = Vec::new();
+        let Some(first) = self.next_part() else {
+            return parts;
+        };
+        let end = first.received + dur;
+        parts.push(first);
+        while Instant::now() < end {
+            match self.next_part() {
+                Some(p) => parts.push(p),
+                None => break,
+            }
+        }
+        parts
+    }
+}
+
+/// Decodes a JPEG fully and returns its size.
+pub fn decode(jpeg: &[u8]) -> (usize, usize) {
+    let img = turbojpeg::decompress(jpeg, turbojpeg::PixelFormat::GRAY).expect("part decodes as JPEG");
+    (img.width, img.height)
+}
+
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
