@@ -3,7 +3,7 @@
 //!
 //! The binary (`main.rs`) wires these modules together; they are a library so that tests, benchmarks
 //! and fuzz targets can use the pure parts (HTTP parsing, JPEG checks, the pool) directly.
-#![forbid(clippy::print_stdout, clippy::print_stderr)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod app;
 pub mod capture;

@@ -45,6 +45,11 @@ impl FrameMeta {
     pub fn jpeg_len(&self) -> usize {
         self.jpeg_len as usize
     }
+
+    /// Placeholder frames are published with no size.
+    pub fn is_placeholder(&self) -> bool {
+        self.width == 0
+    }
 }
 
 struct Slot {

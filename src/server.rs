@@ -187,7 +187,11 @@ async fn snapshot<C: Conn>(
     let mut rx = cam.subscribe();
     let lease = loop {
         if let Some(l) = cam.pool.lease_newest() {
-            if now_us().saturating_sub(l.meta().timestamp_us) <= max_age.as_micros() as u64 {
+            // The "NO SIGNAL" placeholder is for people watching a stream; a snapshot consumer
+            // (an ML process) must learn that there is no picture, not get one.
+            let real = !l.meta().is_placeholder();
+            if real && now_us().saturating_sub(l.meta().timestamp_us) <= max_age.as_micros() as u64
+            {
                 break Some(l);
             }
         }

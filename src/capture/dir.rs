@@ -141,7 +141,13 @@ impl FrameSource for DirSource {
                 }
                 Err(e) => e.to_string(),
             },
-            Ok(None) => format!("larger than a pool slot ({MAX_JPEG_BYTES} bytes)"),
+            Ok(None) => {
+                cam.pool
+                    .counters
+                    .oversize
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("larger than a pool slot ({MAX_JPEG_BYTES} bytes)")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SourceError::Gone(format!("{} vanished", path.display())))
             }

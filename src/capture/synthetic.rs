@@ -53,7 +53,7 @@ pub fn render(img: &mut I420, n: u64, camera: &str) {
         for col in 0..cw {
             let bar = ((col * 8 / cw) + (n as usize / 8)) % 8;
             lu[col] = (bar * 32) as u8;
-            lv[col] = 255 - (bar * 32) as u8 ^ (row as u8 & 0x10);
+            lv[col] = (255 - (bar * 32) as u8) ^ (row as u8 & 0x10);
         }
     }
     let scale = (h / 90).max(1);

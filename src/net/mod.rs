@@ -36,10 +36,7 @@ impl Backend {
 
 /// Why io_uring cannot be used here, or `None` if it can.
 pub fn probe_uring() -> Option<io::Error> {
-    match io_uring::IoUring::new(8) {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    }
+    io_uring::IoUring::new(8).err()
 }
 
 /// Picks the backend: `auto` probes and falls back to epoll on ENOSYS/EPERM/EINVAL (and any other

@@ -51,8 +51,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts beltcam with `args` plus `--listen 127.0.0.1:PORT` and waits until `/health` answers.
     pub fn start(args: &[&str]) -> Daemon {
+        Self::spawn(args, true)
+    }
+
+    /// Like `start`, but only waits for `/health` to answer at all (a degraded daemon says 503).
+    pub fn start_degraded(args: &[&str]) -> Daemon {
+        Self::spawn(args, false)
+    }
+
+    fn spawn(args: &[&str], healthy: bool) -> Daemon {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
         let logf = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
@@ -64,18 +74,24 @@ impl Daemon {
             .spawn()
             .expect("start beltcam");
         let mut d = Daemon { child, port, log };
-        d.wait_ready();
+        d.wait_ready(healthy);
         d
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, healthy: bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("beltcam exited at start-up ({status}): {}", self.log_text());
             }
-            if let Ok((200, _, _)) = get(self.port, "/health") {
-                return;
+            match get(self.port, "/health") {
+                Ok((200, _, _)) => return,
+                Ok((503, _, body))
+                    if !healthy && String::from_utf8_lossy(&body).contains("offline") =>
+                {
+                    return
+                }
+                _ => {}
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -101,7 +117,11 @@ impl Daemon {
     }
 
     /// Sends a signal and waits up to `limit` for the exit status.
-    pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(
+        &mut self,
+        sig: i32,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid(), sig) };
         wait_exit(&mut self.child, limit)
@@ -174,7 +194,8 @@ pub fn connect(port: u16) -> TcpStream {
 
 /// Sends raw bytes and reads the whole response (until close or 5 s). Returns status, head, body.
 pub fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let mut s = connect(port);
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(request)?;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -197,7 +218,10 @@ pub fn parse_response(out: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
 
 /// `GET path` with `Connection: close`.
 pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
-    raw(port, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -238,8 +262,9 @@ impl Viewer {
         }
         assert!(head.starts_with("HTTP/1.1 200"), "stream refused: {head}");
         assert!(
-            header(&head, "content-type")
-                .is_some_and(|v| v.starts_with("multipart/x-mixed-replace;boundary=boundarydonotcross")),
+            header(&head, "content-type").is_some_and(
+                |v| v.starts_with("multipart/x-mixed-replace;boundary=boundarydonotcross")
+            ),
             "{head}"
         );
         let mut v = Viewer { reader };
@@ -314,7 +339,8 @@ impl Viewer {
 
 /// Decodes a JPEG fully and returns its size.
 pub fn decode(jpeg: &[u8]) -> (usize, usize) {
-    let img = turbojpeg::decompress(jpeg, turbojpeg::PixelFormat::GRAY).expect("part decodes as JPEG");
+    let img =
+        turbojpeg::decompress(jpeg, turbojpeg::PixelFormat::GRAY).expect("part decodes as JPEG");
     (img.width, img.height)
 }
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# dev.sh - the two commands of the README.
+#   ./dev.sh run [beltcam flags...]   build (release) and run the daemon; with no camera configured it
+#                                     streams a synthetic test pattern at http://127.0.0.1:8080/
+#   ./dev.sh test                     the whole test suite (what CI runs)
+# Both install the Debian packages they need first, when missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Build: bindgen (v4l) needs libclang; turbojpeg builds libjpeg-turbo with cmake and nasm.
+BUILD_PKGS="libclang-dev cmake nasm pkg-config"
+# Tests: the vivid VM (qemu), systemd-analyze for the unit checks.
+TEST_PKGS="qemu-system-x86 cpio xz-utils zstd curl gcc-12 make systemd"
+
+need_pkgs() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "dev.sh: installing ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+case "${1:-}" in
+  run)
+    shift
+    need_pkgs $BUILD_PKGS
+    exec cargo run --release --bin beltcam -- "$@"
+    ;;
+  test)
+    shift
+    need_pkgs $BUILD_PKGS $TEST_PKGS
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo test --workspace --locked "$@"
+    ;;
+  *)
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
