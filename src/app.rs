@@ -3,9 +3,13 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::capture::Camera;
 use crate::config::Settings;
+use crate::events::Events;
+use crate::guard::IpGuard;
 use crate::health::Health;
+use crate::metrics::Histogram;
 use crate::net::Backend;
 use crate::session::SessionTable;
 use crate::shutdown::Shutdown;
@@ -27,6 +31,8 @@ pub struct ServerCounters {
     pub request_timeouts: AtomicU64,
     /// Sessions ended because a frame send stalled past the send timeout.
     pub send_timeouts: AtomicU64,
+    /// Requests refused for missing or wrong credentials (401/403).
+    pub rejected_auth: AtomicU64,
     pub bytes_sent: AtomicU64,
 }
 
@@ -44,6 +50,11 @@ pub struct App {
     pub shutdown: Arc<Shutdown>,
     pub backend: Backend,
     pub counters: ServerCounters,
+    pub guard: Arc<IpGuard>,
+    pub auth: Auth,
+    pub events: Arc<Events>,
+    /// Latency of non-stream requests.
+    pub latency: Histogram,
     /// Connections accepted and not yet a session or finished.
     pub pending: Arc<AtomicUsize>,
 }

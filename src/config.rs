@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::capture::spec::SourceSpec;
 use crate::limits::{
-    MAX_CAMERAS, MAX_CAMERA_NAME, MAX_LISTENERS, MAX_SERVING_THREADS, MAX_SESSIONS,
+    MAX_CAMERAS, MAX_CAMERA_NAME, MAX_EVENT_SUBSCRIBERS, MAX_LISTENERS, MAX_SERVING_THREADS,
+    MAX_SESSIONS,
 };
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -34,6 +35,10 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// `[[camera]]` tables. Empty: `/dev/video0` if present, else a synthetic test pattern.
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -73,6 +78,38 @@ impl Default for ServerConfig {
             snapshot_timeout_ms: 2_000,
         }
     }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent stream sessions from one client IP. Default 8.
+    pub max_clients_per_ip: usize,
+    /// New connections from one client IP per minute (sliding window). Default 120.
+    pub connects_per_minute: u32,
+    /// Concurrent `/events` subscribers. Default 32 (at most 64).
+    pub max_event_subscribers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_clients_per_ip: 8,
+            connects_per_minute: 120,
+            max_event_subscribers: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File of `user:password` lines; when set, viewers (streams, snapshots, the page, events) need
+    /// HTTP Basic credentials from it. Default: none (open).
+    pub viewers_file: Option<PathBuf>,
+    /// File holding the admin bearer token for `/sessions`. Default: `$CREDENTIALS_DIRECTORY/admin-token`
+    /// when systemd's LoadCredential provides it; with no token, admin endpoints answer only loopback.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -133,6 +170,10 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     pub snapshot_timeout: Duration,
     pub log_level: String,
+    pub max_clients_per_ip: usize,
+    pub connects_per_minute: u32,
+    pub max_event_subscribers: usize,
+    pub auth: AuthConfig,
     pub cameras: Vec<CameraSettings>,
 }
 
@@ -222,6 +263,22 @@ impl Config {
                 return Err(err(key, "must be 1..=3600000 milliseconds"));
             }
         }
+        let l = &self.limits;
+        if l.max_clients_per_ip == 0 || l.max_clients_per_ip > MAX_SESSIONS {
+            return Err(err(
+                "limits.max_clients_per_ip",
+                format!("must be 1..={MAX_SESSIONS}"),
+            ));
+        }
+        if l.connects_per_minute == 0 {
+            return Err(err("limits.connects_per_minute", "must be at least 1"));
+        }
+        if l.max_event_subscribers == 0 || l.max_event_subscribers > MAX_EVENT_SUBSCRIBERS {
+            return Err(err(
+                "limits.max_event_subscribers",
+                format!("must be 1..={MAX_EVENT_SUBSCRIBERS}"),
+            ));
+        }
         if self.cameras.len() > MAX_CAMERAS {
             return Err(err("camera", format!("at most {MAX_CAMERAS} cameras")));
         }
@@ -255,6 +312,10 @@ impl Config {
             keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
             snapshot_timeout: Duration::from_millis(s.snapshot_timeout_ms),
             log_level: self.log.level.clone(),
+            max_clients_per_ip: l.max_clients_per_ip,
+            connects_per_minute: l.connects_per_minute,
+            max_event_subscribers: l.max_event_subscribers,
+            auth: self.auth.clone(),
             cameras,
         })
     }
@@ -322,6 +383,15 @@ mod tests {
             ("[server]\nmax_sessions = 5000\n", "server.max_sessions"),
             ("[server]\nio_backend = \"kqueue\"\n", "server.io_backend"),
             ("[server]\nthreads = -1\n", "server.threads"),
+            (
+                "[limits]\nmax_clients_per_ip = 0\n",
+                "limits.max_clients_per_ip",
+            ),
+            (
+                "[limits]\nconnects_per_minute = 0\n",
+                "limits.connects_per_minute",
+            ),
+            ("[auth]\nadmin_token = \"x\"\n", "auth.admin_token"),
         ];
         for (text, key) in cases {
             let e = Config::parse(text).and_then(|c| c.validate()).unwrap_err();

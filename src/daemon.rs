@@ -9,13 +9,18 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::app::{App, ServerCounters};
+use crate::auth::Auth;
 use crate::capture::spec::SourceSpec;
 use crate::capture::{self, Camera, FrameSource};
 use crate::config::{CameraSettings, Settings};
+use crate::events::Events;
+use crate::guard::IpGuard;
 use crate::health::Health;
+use crate::metrics::Histogram;
 use crate::net;
 use crate::session::SessionTable;
 use crate::shutdown::Shutdown;
+use std::sync::atomic::Ordering;
 
 /// The camera used when none is configured: `/dev/video0` when present, else the test pattern.
 pub fn default_camera() -> CameraSettings {
@@ -55,7 +60,11 @@ pub struct Running {
 }
 
 /// Binds, starts every thread, and returns once the daemon is serving.
-pub fn start(mut settings: Settings, shutdown: Arc<Shutdown>) -> Result<Running, String> {
+pub fn start(
+    mut settings: Settings,
+    auth: Auth,
+    shutdown: Arc<Shutdown>,
+) -> Result<Running, String> {
     let backend = net::choose(settings.io_backend)?;
     if settings.cameras.is_empty() {
         settings.cameras.push(default_camera());
@@ -66,17 +75,20 @@ pub fn start(mut settings: Settings, shutdown: Arc<Shutdown>) -> Result<Running,
         .map(|a| net::bind(*a).map_err(|e| format!("cannot listen on {a}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let health = Health::new();
+    let events = Arc::new(Events::new(settings.max_event_subscribers));
     let mut cameras = Vec::new();
     let mut sources = Vec::new();
-    for c in &settings.cameras {
+    for (i, c) in settings.cameras.iter().enumerate() {
         sources.push(make_source(&c.source)?);
         let hb = health.register(format!("capture:{}", c.name));
         cameras.push(Arc::new(Camera::new(
+            i,
             c.name.clone(),
             c.source.clone(),
             c.quality,
             hb,
             Arc::clone(&shutdown),
+            Arc::clone(&events),
         )));
     }
     let threads = match settings.threads {
@@ -85,6 +97,13 @@ pub fn start(mut settings: Settings, shutdown: Arc<Shutdown>) -> Result<Running,
     };
     let app = Arc::new(App {
         sessions: Arc::new(SessionTable::new(settings.max_sessions)),
+        guard: Arc::new(IpGuard::new(
+            settings.max_clients_per_ip,
+            settings.connects_per_minute,
+        )),
+        auth,
+        events,
+        latency: Histogram::default(),
         settings,
         cameras,
         health,
@@ -132,10 +151,22 @@ pub fn start(mut settings: Settings, shutdown: Arc<Shutdown>) -> Result<Running,
 }
 
 impl Running {
-    /// Supervises until shutdown is triggered.
+    /// Supervises until shutdown is triggered: once a second, a `stats` event per camera.
     pub fn supervise(&self) {
-        while !self.app.shutdown.wait_timeout(Duration::from_secs(1)) {}
-        self.app.sessions.close_all();
+        let app = &self.app;
+        while !app.shutdown.wait_timeout(Duration::from_secs(1)) {
+            let clients = app.sessions.clients_per_camera(app.cameras.len());
+            for (cam, clients) in app.cameras.iter().zip(clients) {
+                let fps = cam.counters.fps_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+                app.events.emit(
+                    "stats",
+                    Some(cam.index),
+                    serde_json::json!({"camera": cam.name, "fps": fps, "clients": clients,
+                        "state": cam.state().as_str()}),
+                );
+            }
+        }
+        app.sessions.close_all();
     }
 
     /// Waits up to `limit` for the serving threads to finish.

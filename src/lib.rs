@@ -5,14 +5,19 @@
 //! and fuzz targets can use the pure parts (HTTP parsing, JPEG checks, the pool) directly.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod capture;
 pub mod config;
 pub mod daemon;
+pub mod events;
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod index;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod server;

@@ -51,3 +51,16 @@ pub const MAX_SERVING_THREADS: usize = 64;
 
 /// Bytes of a control response (JSON, HTML) rendered per request.
 pub const MAX_CONTROL_RESPONSE: usize = 256 * 1024;
+
+/// Client IPs tracked for per-IP limits. Larger than `MAX_SESSIONS`, so an idle entry to evict
+/// always exists; a power of two (the map's requirement).
+pub const IP_TABLE_CAPACITY: usize = 2048;
+
+/// `/events` subscribers at most (the configured limit may be lower).
+pub const MAX_EVENT_SUBSCRIBERS: usize = 64;
+
+/// Events kept for subscribers; one that falls further behind loses the oldest and is told so.
+pub const EVENT_BACKLOG: usize = 256;
+
+/// Lines of a viewers credentials file.
+pub const MAX_VIEWER_CREDENTIALS: usize = 256;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
+use beltcam::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
 use beltcam::{daemon, shutdown};
 
@@ -49,6 +50,18 @@ struct Cli {
     /// Deadline for a request head, in milliseconds.
     #[arg(long)]
     request_timeout_ms: Option<u64>,
+    /// Concurrent stream sessions from one client IP.
+    #[arg(long)]
+    max_clients_per_ip: Option<usize>,
+    /// New connections per minute from one client IP.
+    #[arg(long)]
+    connects_per_minute: Option<u32>,
+    /// File holding the admin bearer token.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+    /// File of user:password lines required of viewers.
+    #[arg(long, value_name = "PATH")]
+    viewers_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +92,18 @@ fn apply_flags(cli: &Cli, cfg: &mut Config) {
     }
     if let Some(t) = cli.request_timeout_ms {
         s.request_timeout_ms = t;
+    }
+    if let Some(m) = cli.max_clients_per_ip {
+        cfg.limits.max_clients_per_ip = m;
+    }
+    if let Some(c) = cli.connects_per_minute {
+        cfg.limits.connects_per_minute = c;
+    }
+    if let Some(p) = &cli.admin_token_file {
+        cfg.auth.admin_token_file = Some(p.clone());
+    }
+    if let Some(p) = &cli.viewers_file {
+        cfg.auth.viewers_file = Some(p.clone());
     }
     if let Some(l) = &cli.log_level {
         cfg.log.level = l.clone();
@@ -136,7 +161,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let cli = Cli::parse();
-    let settings = match load_settings(&cli) {
+    let (settings, auth) = match load_settings(&cli).and_then(|s| {
+        let auth = Auth::load(&s.auth)?;
+        Ok((s, auth))
+    }) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("beltcam: {e}");
@@ -152,17 +180,17 @@ fn main() -> ExitCode {
             info!(?settings, "configuration is valid");
             ExitCode::SUCCESS
         }
-        Some(Command::Run) | None => run(settings),
+        Some(Command::Run) | None => run(settings, auth),
     }
 }
 
-fn run(settings: Settings) -> ExitCode {
+fn run(settings: Settings, auth: Auth) -> ExitCode {
     let shutdown = Arc::new(shutdown::Shutdown::new());
     if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
         error!(%e, "cannot start the signal thread");
         return ExitCode::from(1);
     }
-    let running = match daemon::start(settings, Arc::clone(&shutdown)) {
+    let running = match daemon::start(settings, auth, Arc::clone(&shutdown)) {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");

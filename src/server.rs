@@ -13,7 +13,9 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
 use crate::app::{App, PendingGuard, ServerCounters};
+use crate::auth::Denied;
 use crate::capture::now_us;
+use crate::guard::Refusal;
 use crate::http::multipart;
 use crate::http::request::{self, Method, ParseError, Request};
 use crate::http::response::{snapshot_head, Response};
@@ -22,7 +24,7 @@ use crate::limits::MAX_REQUEST_HEAD;
 use crate::net::{self, Conn};
 use crate::pool::LeaseBuf;
 use crate::shutdown::triggered;
-use crate::{index, stats};
+use crate::{admin, events, index, metrics, stats};
 
 enum ReadOutcome {
     Request(Request),
@@ -37,6 +39,13 @@ enum ReadOutcome {
 
 /// Serves one accepted connection until it closes.
 pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pending: PendingGuard) {
+    if let Err(Refusal::Rate { retry_after_s }) = app.guard.on_connect(peer.ip()) {
+        let r = Response::error(429, "too many connections from this address")
+            .header("Retry-After", retry_after_s)
+            .closing();
+        send(&app, &mut conn, r.render(false)).await;
+        return;
+    }
     let mut shutdown = app.shutdown.subscribe();
     let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
     let mut first = true;
@@ -76,28 +85,39 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
         };
         let Some(mut buf_back) = back else { return };
         ServerCounters::bump(&app.counters.requests);
+        let started = std::time::Instant::now();
         // Bodies are never used; rather than read one, answer and close.
         let close = !req.keep_alive || req.content_length > 0 || app.shutdown.is_triggered();
         let head_only = req.method == Method::Head;
-        let resp = match route(&req, |n| app.camera_index(n)) {
-            Ok(Route::Stream(cam)) => {
+        let routed = route(&req, |n| app.camera_index(n));
+        let resp = match routed.map(|r| (r, authorize(&app, r, peer, &req))) {
+            Ok((_, Some(denied))) => {
+                ServerCounters::bump(&app.counters.rejected_auth);
+                Some(denied)
+            }
+            Ok((Route::Stream(cam), None)) => {
                 drop(pending); // the session table bounds it from here
                 stream(&app, conn, peer, cam, head_only).await;
                 return;
             }
-            Ok(Route::Snapshot(cam)) => {
+            Ok((Route::Events, None)) => {
+                drop(pending); // the subscriber limit bounds it from here
+                events_route(&app, &mut conn, &req).await;
+                return;
+            }
+            Ok((Route::Snapshot(cam), None)) => {
                 if snapshot(&app, &mut conn, cam, head_only, close).await {
                     None
                 } else {
                     return;
                 }
             }
-            Ok(Route::Index) => Some(Response::new(
+            Ok((Route::Index, None)) => Some(Response::new(
                 200,
                 "text/html; charset=utf-8",
                 index::page(&app),
             )),
-            Ok(Route::Health) => {
+            Ok((Route::Health, None)) => {
                 let (status, body) = stats::health(&app);
                 let code = if status == crate::health::Status::Ok {
                     200
@@ -106,7 +126,15 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
                 };
                 Some(Response::json(code, &body))
             }
-            Ok(Route::Stats) => Some(Response::json(200, &stats::stats(&app))),
+            Ok((Route::Stats, None)) => Some(Response::json(200, &stats::stats(&app))),
+            Ok((Route::Metrics, None)) => Some(Response::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&app),
+            )),
+            Ok((Route::Sessions, None)) => Some(admin::list(&app)),
+            Ok((Route::SessionClose(id), None)) => Some(admin::close(&app, id)),
+            Ok((Route::SessionsCloseOlder, None)) => Some(admin::close_older(&app, &req)),
             Err(RouteError::NotFound) => {
                 ServerCounters::bump(&app.counters.not_found);
                 Some(Response::error(
@@ -125,6 +153,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
                 return;
             }
         }
+        app.latency.observe(started.elapsed());
         if close {
             return;
         }
@@ -264,6 +293,16 @@ async fn stream<C: Conn>(
         send(app, &mut conn, multipart::stream_head().into_bytes()).await;
         return;
     }
+    let _ip_place = match app.guard.open_session(peer.ip()) {
+        Ok(p) => p,
+        Err(_) => {
+            let r = Response::error(429, "too many streams from this address")
+                .header("Retry-After", 5)
+                .closing();
+            send(app, &mut conn, r.render(false)).await;
+            return;
+        }
+    };
     let session = match app.sessions.open(peer, cam_idx, "stream") {
         Ok(s) => s,
         Err(full) => {
@@ -274,6 +313,12 @@ async fn stream<C: Conn>(
             return;
         }
     };
+    app.events.emit(
+        "session",
+        Some(cam_idx),
+        serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
+            "camera": cam.name, "endpoint": "stream"}),
+    );
     let _shut = ShutdownOnDrop(conn.raw_fd());
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
     let typical = cam
@@ -332,5 +377,62 @@ async fn stream<C: Conn>(
             }
         }
     };
-    debug!(session = session.id, %peer, reason, frames = counters.frames.load(Ordering::Relaxed), "session closed");
+    let frames_sent = counters.frames.load(Ordering::Relaxed);
+    debug!(session = session.id, %peer, reason, frames_sent, "session closed");
+    app.events.emit(
+        "session",
+        Some(cam_idx),
+        serde_json::json!({"event": "closed", "id": session.id, "peer": peer.to_string(),
+            "camera": cam.name, "reason": reason, "frames_sent": frames_sent,
+            "frames_skipped": counters.skipped.load(Ordering::Relaxed),
+            "bytes_sent": counters.bytes.load(Ordering::Relaxed)}),
+    );
+}
+
+/// The refusal to send, if the route needs credentials the request lacks.
+fn authorize(app: &App, route: Route, peer: SocketAddr, req: &Request) -> Option<Response> {
+    let authz = req.authorization.as_deref();
+    if route.is_admin() {
+        return match app.auth.admin(peer.ip(), authz) {
+            Ok(()) => None,
+            Err(Denied::Unauthorized) => Some(
+                Response::error(401, "admin token required")
+                    .header("WWW-Authenticate", "Bearer realm=\"beltcam\""),
+            ),
+            Err(Denied::Forbidden) => Some(Response::error(
+                403,
+                "admin endpoints answer only on loopback unless an admin token is configured",
+            )),
+        };
+    }
+    if route.is_viewer() && !app.auth.viewer_ok(authz) {
+        return Some(Response::error(401, "credentials required").header(
+            "WWW-Authenticate",
+            "Basic realm=\"beltcam\", charset=\"UTF-8\"",
+        ));
+    }
+    None
+}
+
+/// `/events[?camera=NAME]`: a bounded number of subscribers.
+async fn events_route<C: Conn>(app: &App, conn: &mut C, req: &Request) {
+    let camera = match req.query_param("camera") {
+        None => None,
+        Some(name) => match app.camera_index(name) {
+            Some(i) => Some(i),
+            None => {
+                let r = Response::error(404, &format!("no camera {name:?}")).closing();
+                send(app, conn, r.render(false)).await;
+                return;
+            }
+        },
+    };
+    let Some(sub) = app.events.subscribe() else {
+        let r = Response::error(503, "too many event subscribers")
+            .header("Retry-After", 5)
+            .closing();
+        send(app, conn, r.render(false)).await;
+        return;
+    };
+    events::serve(app, conn, sub, camera).await;
 }

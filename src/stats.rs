@@ -153,6 +153,18 @@ pub fn stats(app: &App) -> Value {
             "request_timeouts": c.request_timeouts.load(Ordering::Relaxed),
             "send_timeouts": c.send_timeouts.load(Ordering::Relaxed),
         },
+        "guard": {
+            "tracked_ips": app.guard.tracked(),
+            "rejected_rate": app.guard.counters.rejected_rate.load(Ordering::Relaxed),
+            "rejected_per_ip": app.guard.counters.rejected_per_ip.load(Ordering::Relaxed),
+            "rejected_auth": c.rejected_auth.load(Ordering::Relaxed),
+            "evictions": app.guard.counters.evictions.load(Ordering::Relaxed),
+        },
+        "events": {
+            "subscribers": app.events.subscribers(),
+            "emitted": app.events.emitted.load(Ordering::Relaxed),
+            "lost": app.events.lost.load(Ordering::Relaxed),
+        },
         "bytes_sent": c.bytes_sent.load(Ordering::Relaxed),
         "pool": {
             "slots": POOL_SLOTS,

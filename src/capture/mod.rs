@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::events::Events;
 use crate::health::Heartbeat;
 use crate::pool::{FramePool, SlotWriter};
 use crate::shutdown::Shutdown;
@@ -100,6 +101,8 @@ pub struct CameraCounters {
 }
 
 pub struct Camera {
+    /// Position in the camera list (the `/stream` default is 0).
+    pub index: usize,
     pub name: String,
     pub spec: SourceSpec,
     pub quality: u8,
@@ -112,15 +115,18 @@ pub struct Camera {
     frames_tx: watch::Sender<u64>,
     placeholder: Vec<u8>,
     shutdown: Arc<Shutdown>,
+    events: Arc<Events>,
 }
 
 impl Camera {
     pub fn new(
+        index: usize,
         name: String,
         spec: SourceSpec,
         quality: u8,
         heartbeat: Arc<Heartbeat>,
         shutdown: Arc<Shutdown>,
+        events: Arc<Events>,
     ) -> Camera {
         let (w, h) = match &spec {
             SourceSpec::Synthetic { width, height, .. } => (*width, *height),
@@ -135,6 +141,7 @@ impl Camera {
             Vec::new()
         });
         Camera {
+            index,
             name,
             spec,
             quality,
@@ -146,6 +153,7 @@ impl Camera {
             frames_tx: watch::channel(0).0,
             placeholder,
             shutdown,
+            events,
         }
     }
 
@@ -226,6 +234,13 @@ impl Camera {
     fn set_online(&self, info: StreamInfo) {
         info!(camera = %self.name, format = %info.format, width = info.width, height = info.height,
               fps = info.fps, passthrough = info.passthrough, "camera online");
+        self.events.emit(
+            "camera",
+            Some(self.index),
+            serde_json::json!({"camera": self.name, "state": "online", "format": info.format,
+                "width": info.width, "height": info.height, "fps": info.fps,
+                "passthrough": info.passthrough}),
+        );
         if let Ok(mut d) = self.detail.lock() {
             *d = (info, String::new());
         }
@@ -240,6 +255,11 @@ impl Camera {
         if let Ok(mut d) = self.detail.lock() {
             if was != CameraState::Offline as u8 || d.1 != reason {
                 warn!(camera = %self.name, reason, "camera offline; serving placeholder and retrying");
+                self.events.emit(
+                    "camera",
+                    Some(self.index),
+                    serde_json::json!({"camera": self.name, "state": "offline", "reason": reason}),
+                );
             }
             d.1 = reason.to_owned();
         }

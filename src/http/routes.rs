@@ -13,6 +13,30 @@ pub enum Route {
     Snapshot(usize),
     Health,
     Stats,
+    Metrics,
+    /// Server-Sent Events; `?camera=NAME` is resolved by the server.
+    Events,
+    Sessions,
+    SessionClose(u64),
+    SessionsCloseOlder,
+}
+
+impl Route {
+    /// Admin endpoints need the admin token (or loopback when none is set).
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Route::Sessions | Route::SessionClose(_) | Route::SessionsCloseOlder
+        )
+    }
+
+    /// Viewer endpoints need viewer credentials when they are configured.
+    pub fn is_viewer(self) -> bool {
+        matches!(
+            self,
+            Route::Index | Route::Stream(_) | Route::Snapshot(_) | Route::Events
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +48,36 @@ pub enum RouteError {
 
 /// Resolves a request. `camera` maps a camera name to its index.
 pub fn route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<Route, RouteError> {
+    const READ: &str = "GET, HEAD";
+    let (r, allow) = match req.path.as_str() {
+        "/metrics" => (Route::Metrics, READ),
+        "/events" => (Route::Events, "GET"),
+        "/sessions" => (Route::Sessions, READ),
+        "/sessions/close" => (Route::SessionsCloseOlder, "POST"),
+        p if p.starts_with("/sessions/") => {
+            let id = p["/sessions/".len()..]
+                .parse()
+                .map_err(|_| RouteError::NotFound)?;
+            (Route::SessionClose(id), "DELETE")
+        }
+        _ => (read_route(req, camera)?, READ),
+    };
+    let ok = match req.method {
+        Method::Get => allow.contains("GET"),
+        Method::Head => allow.contains("HEAD"),
+        Method::Post => allow == "POST",
+        Method::Delete => allow == "DELETE",
+        Method::Other => false,
+    };
+    if ok {
+        Ok(r)
+    } else {
+        Err(RouteError::MethodNotAllowed(allow))
+    }
+}
+
+/// The read-only endpoints: the page, streams, snapshots, health, stats.
+fn read_route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<Route, RouteError> {
     let r = match (req.path.as_str(), req.query_param("action")) {
         ("/", Some("stream")) => Route::Stream(0),
         ("/", Some("snapshot")) => Route::Snapshot(0),
@@ -35,10 +89,7 @@ pub fn route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<Ro
         ("/stats" | "/state", _) => Route::Stats,
         (path, _) => camera_route(path, &camera).ok_or(RouteError::NotFound)?,
     };
-    match req.method {
-        Method::Get | Method::Head => Ok(r),
-        _ => Err(RouteError::MethodNotAllowed("GET, HEAD")),
-    }
+    Ok(r)
 }
 
 fn camera_route(path: &str, camera: &impl Fn(&str) -> Option<usize>) -> Option<Route> {
@@ -99,6 +150,38 @@ mod tests {
             r("GET /cam/front/x HTTP/1.1\r\n\r\n"),
             Err(RouteError::NotFound)
         );
+    }
+
+    #[test]
+    fn admin_and_observability_urls() {
+        assert_eq!(r("GET /metrics HTTP/1.1\r\n\r\n"), Ok(Route::Metrics));
+        assert_eq!(
+            r("GET /events?camera=back HTTP/1.1\r\n\r\n"),
+            Ok(Route::Events)
+        );
+        assert_eq!(r("GET /sessions HTTP/1.1\r\n\r\n"), Ok(Route::Sessions));
+        assert_eq!(
+            r("DELETE /sessions/42 HTTP/1.1\r\n\r\n"),
+            Ok(Route::SessionClose(42))
+        );
+        assert_eq!(
+            r("POST /sessions/close?older_than=60 HTTP/1.1\r\n\r\n"),
+            Ok(Route::SessionsCloseOlder)
+        );
+        assert_eq!(
+            r("DELETE /sessions/x HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            r("GET /sessions/42 HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("DELETE"))
+        );
+        assert_eq!(
+            r("GET /sessions/close HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("POST"))
+        );
+        assert!(Route::SessionClose(1).is_admin() && !Route::Metrics.is_admin());
+        assert!(Route::Events.is_viewer() && !Route::Health.is_viewer());
     }
 
     #[test]

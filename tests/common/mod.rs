@@ -65,8 +65,20 @@ impl Daemon {
             std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
         let logf = std::fs::File::create(&log).expect("log file");
         let listen = format!("127.0.0.1:{port}");
+        // Tests poll from one loopback address far faster than any real client: lift the per-IP
+        // limits unless the test is about them.
+        let mut defaults = vec![];
+        for (flag, value) in [
+            ("--max-clients-per-ip", "1024"),
+            ("--connects-per-minute", "1000000"),
+        ] {
+            if !args.contains(&flag) {
+                defaults.extend([flag, value]);
+            }
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
             .args(["--listen", &listen, "--log-level", "info"])
+            .args(&defaults)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -202,6 +214,20 @@ pub fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)>
     parse_response(&out)
 }
 
+/// `GET path` from a chosen loopback source address (each 127.0.0.x is its own client to limits).
+pub fn get_from(src: &str, port: u16, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let src: SocketAddr = format!("{src}:0").parse().map_err(std::io::Error::other)?;
+    sock.bind(&src.into())?;
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out)
+}
+
 pub fn parse_response(out: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
     let split = out
         .windows(4)
@@ -247,7 +273,12 @@ pub struct Viewer {
 impl Viewer {
     /// Connects, requests `path`, and checks the response head.
     pub fn open(port: u16, path: &str) -> Viewer {
-        let mut s = connect(port);
+        Self::from_stream(connect(port), path)
+    }
+
+    /// Like `open`, on a connection the caller made (e.g. from another source address).
+    pub fn from_stream(mut s: TcpStream, path: &str) -> Viewer {
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .expect("send request");
         let mut reader = BufReader::with_capacity(1 << 20, s);

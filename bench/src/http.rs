@@ -1,0 +1,158 @@
+//! Small blocking HTTP helpers with deadlines: readiness probes (`/health`, `/stats`) and fetching
+//! one JPEG so the raw baseline sends the same frame bytes the daemon does.
+//!
+//! Every call is bounded in time and size; these run a handful of times per configuration, so
+//! simplicity beats speed here.
+
+use crate::multipart::{split_header, Parser};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+const MAX_BODY: usize = 32 << 20;
+
+/// `GET path` with `Connection: close`; returns the status and body.
+pub fn get(addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    let deadline = Instant::now() + timeout;
+    let mut s = connect(addr, path, timeout)?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut head_end = None;
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("GET {path}: timed out"));
+        }
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => return Err(format!("GET {path}: {e}")),
+        };
+        data.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            head_end = data
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4);
+        }
+        if let Some(h) = head_end {
+            let (status, len) = parse_head(&data[..h]).ok_or(format!("GET {path}: bad head"))?;
+            if let Some(len) = len {
+                if data.len() >= h + len {
+                    return Ok((status, data[h..h + len].to_vec()));
+                }
+            }
+            if n == 0 {
+                return Ok((status, data[h..].to_vec()));
+            }
+        } else if n == 0 {
+            return Err(format!("GET {path}: closed before the response head"));
+        }
+        if data.len() > MAX_BODY {
+            return Err(format!("GET {path}: response larger than {MAX_BODY} bytes"));
+        }
+    }
+}
+
+fn connect(addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let per_op = Some(timeout.max(Duration::from_millis(10)));
+    s.set_read_timeout(per_op)
+        .and_then(|_| s.set_write_timeout(per_op))
+        .map_err(|e| format!("socket timeout: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    Ok(s)
+}
+
+fn parse_head(head: &[u8]) -> Option<(u16, Option<usize>)> {
+    let mut lines = head.split(|&b| b == b'\n');
+    let status_line = String::from_utf8_lossy(lines.next()?).into_owned();
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let len = lines
+        .filter_map(|l| split_header(l.strip_suffix(b"\r").unwrap_or(l)))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok());
+    Some((status, len))
+}
+
+/// Polls `/health` (then `/stats`) until one answers 200, or the deadline passes. `alive` is asked
+/// between attempts so a daemon that exited is reported at once instead of at the deadline.
+pub fn wait_ready(
+    addr: SocketAddrV4,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        alive()?;
+        for path in ["/health", "/stats"] {
+            match get(addr, path, Duration::from_millis(500)) {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, _)) => last = format!("{path} answered {code}"),
+                Err(e) => last = e,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50)); // poll interval, not synchronisation
+    }
+    Err(format!(
+        "server at {addr} not ready after {timeout:?} ({last})"
+    ))
+}
+
+/// One JPEG from the server: `/snapshot`, or else the first part of `stream_path`.
+pub fn fetch_frame(addr: SocketAddrV4, stream_path: &str) -> Result<Vec<u8>, String> {
+    if let Ok((200, body)) = get(addr, "/snapshot", Duration::from_secs(3)) {
+        if body.starts_with(&[0xff, 0xd8]) {
+            return Ok(body);
+        }
+    }
+    let timeout = Duration::from_secs(5);
+    let deadline = Instant::now() + timeout;
+    let mut s = connect(addr, stream_path, timeout)?;
+    let mut parser = Parser::new(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut frame = None;
+    while frame.is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("no frame from {stream_path} within {timeout:?}"));
+        }
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("{stream_path}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{stream_path}: closed before the first frame"));
+        }
+        parser.feed(&buf[..n], |p| {
+            if frame.is_none() {
+                frame = Some(p.body);
+            }
+        })?;
+    }
+    frame.ok_or_else(|| "no frame".to_string())
+}
+
+/// A JPEG of `w`x`h` with enough texture to compress like a camera image (quality 80), for runs
+/// without a daemon to copy a frame from.
+pub fn synthetic_jpeg(w: u16, h: u16) -> Result<Vec<u8>, String> {
+    let mut rgb = Vec::with_capacity(usize::from(w) * usize::from(h) * 3);
+    let mut seed: u32 = 0x9e37_79b9;
+    for y in 0..u32::from(h) {
+        for x in 0..u32::from(w) {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let noise = (seed & 0x1f) as u8;
+            let bar = ((x / 40 + y / 40) % 2) as u8 * 60;
+            rgb.push((x * 255 / u32::from(w)) as u8 / 2 + bar + noise);
+            rgb.push((y * 255 / u32::from(h)) as u8 / 2 + noise);
+            rgb.push(90 + bar / 2 + noise);
+        }
+    }
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 80)
+        .encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| format!("encode synthetic JPEG: {e}"))?;
+    Ok(out)
+}
