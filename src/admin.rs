@@ -46,7 +46,7 @@ pub fn close_older(app: &App, req: &Request) -> Response {
         .query_param("older_than")
         .and_then(|v| v.parse::<f64>().ok());
     match secs {
-        Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => {
+        Some(s) if (0.0..1e9).contains(&s) => {
             let n = app.sessions.close_older_than(Duration::from_secs_f64(s));
             Response::json(200, &json!({ "closed": n, "older_than_s": s }))
         }

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{error, info};
 
 use crate::app::{App, ServerCounters};
 use crate::auth::Auth;
@@ -20,6 +20,7 @@ use crate::metrics::Histogram;
 use crate::net;
 use crate::session::SessionTable;
 use crate::shutdown::Shutdown;
+use crate::systemd;
 use std::sync::atomic::Ordering;
 
 /// The camera used when none is configured: `/dev/video0` when present, else the test pattern.
@@ -60,20 +61,30 @@ pub struct Running {
 }
 
 /// Binds, starts every thread, and returns once the daemon is serving.
+/// `passed` are listeners from socket activation; when there are any, `settings.listen` is not bound.
 pub fn start(
     mut settings: Settings,
     auth: Auth,
     shutdown: Arc<Shutdown>,
+    passed: Vec<std::net::TcpListener>,
 ) -> Result<Running, String> {
     let backend = net::choose(settings.io_backend)?;
     if settings.cameras.is_empty() {
         settings.cameras.push(default_camera());
     }
-    let listeners = settings
-        .listen
-        .iter()
-        .map(|a| net::bind(*a).map_err(|e| format!("cannot listen on {a}: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let listeners = if passed.is_empty() {
+        settings
+            .listen
+            .iter()
+            .map(|a| net::bind(*a).map_err(|e| format!("cannot listen on {a}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        info!(
+            sockets = passed.len(),
+            "using sockets passed by systemd (socket activation)"
+        );
+        passed
+    };
     let health = Health::new();
     let events = Arc::new(Events::new(settings.max_event_subscribers));
     let mut cameras = Vec::new();
@@ -151,22 +162,67 @@ pub fn start(
 }
 
 impl Running {
-    /// Supervises until shutdown is triggered: once a second, a `stats` event per camera.
+    /// Supervises until shutdown is triggered. Each tick (1 s, or half the watchdog interval if
+    /// shorter): feed the systemd watchdog if no thread is wedged; once a second: STATUS= and a
+    /// `stats` event per camera.
     pub fn supervise(&self) {
         let app = &self.app;
-        while !app.shutdown.wait_timeout(Duration::from_secs(1)) {
-            let clients = app.sessions.clients_per_camera(app.cameras.len());
-            for (cam, clients) in app.cameras.iter().zip(clients) {
-                let fps = cam.counters.fps_milli.load(Ordering::Relaxed) as f64 / 1000.0;
-                app.events.emit(
-                    "stats",
-                    Some(cam.index),
-                    serde_json::json!({"camera": cam.name, "fps": fps, "clients": clients,
-                        "state": cam.state().as_str()}),
-                );
+        let watchdog = systemd::watchdog_interval();
+        let tick = watchdog.map_or(Duration::from_secs(1), |w| {
+            (w / 2).min(Duration::from_secs(1))
+        });
+        let mut last_stats = Instant::now() - Duration::from_secs(1);
+        let mut wedged_logged = false;
+        systemd::ready();
+        loop {
+            match app.health.wedged() {
+                None => {
+                    wedged_logged = false;
+                    if watchdog.is_some() {
+                        systemd::watchdog();
+                    }
+                }
+                Some(name) if !wedged_logged => {
+                    error!(thread = %name, "thread wedged; no longer feeding the watchdog");
+                    wedged_logged = true;
+                }
+                Some(_) => {}
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                self.publish_stats();
+            }
+            if app.shutdown.wait_timeout(tick) {
+                break;
             }
         }
+        systemd::stopping();
         app.sessions.close_all();
+    }
+
+    fn publish_stats(&self) {
+        let app = &self.app;
+        let clients = app.sessions.clients_per_camera(app.cameras.len());
+        let mut status = String::new();
+        for (cam, clients) in app.cameras.iter().zip(clients) {
+            let fps = cam.counters.fps_milli.load(Ordering::Relaxed) as f64 / 1000.0;
+            let state = cam.state().as_str();
+            app.events.emit(
+                "stats",
+                Some(cam.index),
+                serde_json::json!({"camera": cam.name, "fps": fps, "clients": clients,
+                    "state": state}),
+            );
+            if !status.is_empty() {
+                status.push_str(", ");
+            }
+            status.push_str(&format!("{} {fps:.1}fps {clients} clients", cam.name));
+            if state != "online" {
+                status.push_str(&format!(" ({state})"));
+            }
+        }
+        status.push_str(&format!("; {}", app.backend.as_str()));
+        systemd::status(&status);
     }
 
     /// Waits up to `limit` for the serving threads to finish.

@@ -91,6 +91,26 @@ impl Health {
     }
 }
 
+/// Debug builds only: `BELTCAM_DEBUG_WEDGE=NAME` with `BELTCAM_DEBUG_WEDGE_AFTER_MS=N` blocks the
+/// thread owning heartbeat NAME forever once the process is N ms old, so tests can prove that the
+/// watchdog stops being fed and /health says `down`. Never compiled into release builds.
+#[cfg(debug_assertions)]
+pub fn debug_wedge_hook(hb: &Heartbeat) {
+    let Ok(name) = std::env::var("BELTCAM_DEBUG_WEDGE") else {
+        return;
+    };
+    let after = std::env::var("BELTCAM_DEBUG_WEDGE_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if name == hb.name && hb.epoch.elapsed() >= Duration::from_millis(after) {
+        tracing::warn!(thread = %name, "debug hook: wedging this thread");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Ok,

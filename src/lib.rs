@@ -24,3 +24,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod stats;
+pub mod systemd;

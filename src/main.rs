@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use beltcam::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
-use beltcam::{daemon, shutdown};
+use beltcam::{daemon, shutdown, systemd};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -160,6 +160,14 @@ fn main() -> ExitCode {
         eprintln!("beltcam: cannot block signals: {e}");
         return ExitCode::from(1);
     }
+    // Also before any thread: taking the passed sockets unsets LISTEN_FDS in the environment.
+    let passed = match systemd::take_listeners() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("beltcam: cannot use the sockets passed by systemd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cli = Cli::parse();
     let (settings, auth) = match load_settings(&cli).and_then(|s| {
         let auth = Auth::load(&s.auth)?;
@@ -180,17 +188,17 @@ fn main() -> ExitCode {
             info!(?settings, "configuration is valid");
             ExitCode::SUCCESS
         }
-        Some(Command::Run) | None => run(settings, auth),
+        Some(Command::Run) | None => run(settings, auth, passed),
     }
 }
 
-fn run(settings: Settings, auth: Auth) -> ExitCode {
+fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
     let shutdown = Arc::new(shutdown::Shutdown::new());
     if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
         error!(%e, "cannot start the signal thread");
         return ExitCode::from(1);
     }
-    let running = match daemon::start(settings, auth, Arc::clone(&shutdown)) {
+    let running = match daemon::start(settings, auth, Arc::clone(&shutdown), passed) {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");

@@ -174,8 +174,8 @@ pub async fn run_thread<A: Acceptor + 'static>(
     tokio::task::spawn_local(async move {
         loop {
             heartbeat.beat();
-            #[cfg(feature = "test-hooks")]
-            crate::hooks::maybe_wedge(&heartbeat.name);
+            #[cfg(debug_assertions)]
+            crate::health::debug_wedge_hook(&heartbeat);
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
