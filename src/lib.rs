@@ -11,6 +11,7 @@ pub mod auth;
 pub mod capture;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod events;
 pub mod guard;
 pub mod health;

@@ -1,9 +1,8 @@
-//! One connection's life: read a request head (bounded, with a deadline), route it, answer it; a
-//! stream request becomes a session that sends the newest frame whenever the socket has drained.
+//! One connection's life: read a request head (bounded, with a deadline), check limits and
+//! credentials, route it, answer it. Streams and snapshots are delivered by `deliver`.
 //!
 //! Written once against `net::Conn`, so io_uring and epoll run exactly this code.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,17 +13,14 @@ use tracing::debug;
 
 use crate::app::{App, PendingGuard, ServerCounters};
 use crate::auth::Denied;
-use crate::capture::now_us;
 use crate::guard::Refusal;
-use crate::http::multipart;
 use crate::http::request::{self, Method, ParseError, Request};
-use crate::http::response::{snapshot_head, Response};
+use crate::http::response::Response;
 use crate::http::routes::{route, Route, RouteError};
 use crate::limits::MAX_REQUEST_HEAD;
-use crate::net::{self, Conn};
-use crate::pool::LeaseBuf;
+use crate::net::Conn;
 use crate::shutdown::triggered;
-use crate::{admin, events, index, metrics, stats};
+use crate::{admin, deliver, events, index, metrics, stats};
 
 enum ReadOutcome {
     Request(Request),
@@ -97,7 +93,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
             }
             Ok((Route::Stream(cam), None)) => {
                 drop(pending); // the session table bounds it from here
-                stream(&app, conn, peer, cam, head_only).await;
+                deliver::stream(&app, conn, peer, cam, head_only).await;
                 return;
             }
             Ok((Route::Events, None)) => {
@@ -106,7 +102,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
                 return;
             }
             Ok((Route::Snapshot(cam), None)) => {
-                if snapshot(&app, &mut conn, cam, head_only, close).await {
+                if deliver::snapshot(&app, &mut conn, cam, head_only, close).await {
                     None
                 } else {
                     return;
@@ -191,7 +187,7 @@ async fn read_request<C: Conn>(
 }
 
 /// Writes a small response within the send timeout; false if the connection is done for.
-async fn send<C: Conn>(app: &App, conn: &mut C, bytes: Vec<u8>) -> bool {
+pub async fn send<C: Conn>(app: &App, conn: &mut C, bytes: Vec<u8>) -> bool {
     let n = bytes.len() as u64;
     match timeout(app.settings.send_timeout, conn.write_all(bytes)).await {
         Ok((Ok(()), _)) => {
@@ -200,193 +196,6 @@ async fn send<C: Conn>(app: &App, conn: &mut C, bytes: Vec<u8>) -> bool {
         }
         _ => false,
     }
-}
-
-/// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
-async fn snapshot<C: Conn>(
-    app: &App,
-    conn: &mut C,
-    cam_idx: usize,
-    head_only: bool,
-    close: bool,
-) -> bool {
-    let cam = &app.cameras[cam_idx];
-    let max_age = app.settings.snapshot_timeout;
-    let deadline = Instant::now() + max_age;
-    let mut rx = cam.subscribe();
-    let lease = loop {
-        if let Some(l) = cam.pool.lease_newest() {
-            // The "NO SIGNAL" placeholder is for people watching a stream; a snapshot consumer
-            // (an ML process) must learn that there is no picture, not get one.
-            let real = !l.meta().is_placeholder();
-            if real && now_us().saturating_sub(l.meta().timestamp_us) <= max_age.as_micros() as u64
-            {
-                break Some(l);
-            }
-        }
-        match timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => break None,
-        }
-    };
-    let Some(lease) = lease else {
-        let why = format!(
-            "no frame newer than {} ms from camera {}",
-            max_age.as_millis(),
-            cam.name
-        );
-        let r = Response::error(503, &why).header("Retry-After", 1);
-        let mut r = r;
-        r.close = close;
-        return send(app, conn, r.render(head_only)).await;
-    };
-    let m = *lease.meta();
-    if !send(
-        app,
-        conn,
-        snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close),
-    )
-    .await
-    {
-        return false;
-    }
-    if head_only {
-        return true;
-    }
-    match timeout(
-        app.settings.send_timeout,
-        conn.write_lease(LeaseBuf::jpeg(lease)),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            app.counters
-                .bytes_sent
-                .fetch_add(m.jpeg_len() as u64, Ordering::Relaxed);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Shuts the socket down when a session ends, so an io_uring write still in flight completes (with
-/// an error) and releases its lease and fd now rather than whenever the peer reads again.
-struct ShutdownOnDrop(std::os::fd::RawFd);
-
-impl Drop for ShutdownOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: plain syscall on an fd the connection still owns (it drops after this guard).
-        unsafe { libc::shutdown(self.0, libc::SHUT_RDWR) };
-    }
-}
-
-/// A stream session: one frame at a time, always the newest, only once the socket has drained.
-async fn stream<C: Conn>(
-    app: &Arc<App>,
-    mut conn: C,
-    peer: SocketAddr,
-    cam_idx: usize,
-    head_only: bool,
-) {
-    let cam = &app.cameras[cam_idx];
-    if head_only {
-        send(app, &mut conn, multipart::stream_head().into_bytes()).await;
-        return;
-    }
-    let _ip_place = match app.guard.open_session(peer.ip()) {
-        Ok(p) => p,
-        Err(_) => {
-            let r = Response::error(429, "too many streams from this address")
-                .header("Retry-After", 5)
-                .closing();
-            send(app, &mut conn, r.render(false)).await;
-            return;
-        }
-    };
-    let session = match app.sessions.open(peer, cam_idx, "stream") {
-        Ok(s) => s,
-        Err(full) => {
-            let r = Response::error(503, &full.to_string())
-                .header("Retry-After", 2)
-                .closing();
-            send(app, &mut conn, r.render(false)).await;
-            return;
-        }
-    };
-    app.events.emit(
-        "session",
-        Some(cam_idx),
-        serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "endpoint": "stream"}),
-    );
-    let _shut = ShutdownOnDrop(conn.raw_fd());
-    debug!(session = session.id, %peer, camera = %cam.name, "session opened");
-    let typical = cam
-        .pool
-        .lease_newest()
-        .map_or(256 * 1024, |l| l.meta().jpeg_len());
-    net::tune_for_stream(conn.raw_fd(), typical);
-    if !send(app, &mut conn, multipart::stream_head().into_bytes()).await {
-        return;
-    }
-    let counters = &session.counters;
-    let mut frames = cam.subscribe();
-    let mut shutdown = app.shutdown.subscribe();
-    let mut last = 0u64;
-    let reason = 'session: loop {
-        while cam.pool.newest_seq() <= last {
-            tokio::select! {
-                r = frames.changed() => if r.is_err() { break 'session "camera gone" },
-                _ = triggered(&mut shutdown) => break 'session "shutdown",
-                _ = counters.closed() => break 'session "closed by admin",
-            }
-        }
-        let send_one = timeout(app.settings.send_timeout, async {
-            conn.drained().await?;
-            let Some(lease) = cam.pool.lease_after(last) else {
-                return Ok::<_, io::Error>(None);
-            };
-            let (seq, n) = (lease.seq(), lease.part().len());
-            conn.write_lease(LeaseBuf::part(lease)).await?;
-            Ok(Some((seq, n)))
-        });
-        let res = tokio::select! {
-            r = send_one => r,
-            _ = triggered(&mut shutdown) => break "shutdown",
-            _ = counters.closed() => break "closed by admin",
-        };
-        match res {
-            Err(_) => {
-                ServerCounters::bump(&app.counters.send_timeouts);
-                break "send timeout";
-            }
-            Ok(Err(_)) => break "client gone",
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some((seq, n)))) => {
-                if last != 0 && seq > last + 1 {
-                    counters
-                        .skipped
-                        .fetch_add(seq - last - 1, Ordering::Relaxed);
-                }
-                last = seq;
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                app.counters
-                    .bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-    };
-    let frames_sent = counters.frames.load(Ordering::Relaxed);
-    debug!(session = session.id, %peer, reason, frames_sent, "session closed");
-    app.events.emit(
-        "session",
-        Some(cam_idx),
-        serde_json::json!({"event": "closed", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "reason": reason, "frames_sent": frames_sent,
-            "frames_skipped": counters.skipped.load(Ordering::Relaxed),
-            "bytes_sent": counters.bytes.load(Ordering::Relaxed)}),
-    );
 }
 
 /// The refusal to send, if the route needs credentials the request lacks.

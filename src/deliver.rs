@@ -1,0 +1,208 @@
+//! Frame delivery: snapshots and stream sessions. A session sends one frame at a time, always the
+//! newest, and starts one only once its socket has drained, so its lease on a pool slot is short and
+//! a viewer that stops reading holds nothing and slows no one; a send stuck past the send timeout
+//! ends the session.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::debug;
+
+use crate::app::{App, ServerCounters};
+use crate::capture::now_us;
+use crate::http::multipart;
+use crate::http::response::{snapshot_head, Response};
+use crate::net::{self, Conn};
+use crate::pool::LeaseBuf;
+use crate::server::send;
+use crate::shutdown::triggered;
+
+/// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
+pub async fn snapshot<C: Conn>(
+    app: &App,
+    conn: &mut C,
+    cam_idx: usize,
+    head_only: bool,
+    close: bool,
+) -> bool {
+    let cam = &app.cameras[cam_idx];
+    let max_age = app.settings.snapshot_timeout;
+    let deadline = Instant::now() + max_age;
+    let mut rx = cam.subscribe();
+    let lease = loop {
+        if let Some(l) = cam.pool.lease_newest() {
+            // The "NO SIGNAL" placeholder is for people watching a stream; a snapshot consumer
+            // (an ML process) must learn that there is no picture, not get one.
+            let real = !l.meta().is_placeholder();
+            if real && now_us().saturating_sub(l.meta().timestamp_us) <= max_age.as_micros() as u64
+            {
+                break Some(l);
+            }
+        }
+        match timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => break None,
+        }
+    };
+    let Some(lease) = lease else {
+        let why = format!(
+            "no frame newer than {} ms from camera {}",
+            max_age.as_millis(),
+            cam.name
+        );
+        let r = Response::error(503, &why).header("Retry-After", 1);
+        let mut r = r;
+        r.close = close;
+        return send(app, conn, r.render(head_only)).await;
+    };
+    let m = *lease.meta();
+    if !send(
+        app,
+        conn,
+        snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close),
+    )
+    .await
+    {
+        return false;
+    }
+    if head_only {
+        return true;
+    }
+    match timeout(
+        app.settings.send_timeout,
+        conn.write_lease(LeaseBuf::jpeg(lease)),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            app.counters
+                .bytes_sent
+                .fetch_add(m.jpeg_len() as u64, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Shuts the socket down when a session ends, so an io_uring write still in flight completes (with
+/// an error) and releases its lease and fd now rather than whenever the peer reads again.
+struct ShutdownOnDrop(std::os::fd::RawFd);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on an fd the connection still owns (it drops after this guard).
+        unsafe { libc::shutdown(self.0, libc::SHUT_RDWR) };
+    }
+}
+
+/// A stream session: one frame at a time, always the newest, only once the socket has drained.
+pub async fn stream<C: Conn>(
+    app: &Arc<App>,
+    mut conn: C,
+    peer: SocketAddr,
+    cam_idx: usize,
+    head_only: bool,
+) {
+    let cam = &app.cameras[cam_idx];
+    if head_only {
+        send(app, &mut conn, multipart::stream_head().into_bytes()).await;
+        return;
+    }
+    let _ip_place = match app.guard.open_session(peer.ip()) {
+        Ok(p) => p,
+        Err(_) => {
+            let r = Response::error(429, "too many streams from this address")
+                .header("Retry-After", 5)
+                .closing();
+            send(app, &mut conn, r.render(false)).await;
+            return;
+        }
+    };
+    let session = match app.sessions.open(peer, cam_idx, "stream") {
+        Ok(s) => s,
+        Err(full) => {
+            let r = Response::error(503, &full.to_string())
+                .header("Retry-After", 2)
+                .closing();
+            send(app, &mut conn, r.render(false)).await;
+            return;
+        }
+    };
+    app.events.emit(
+        "session",
+        Some(cam_idx),
+        serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
+            "camera": cam.name, "endpoint": "stream"}),
+    );
+    let _shut = ShutdownOnDrop(conn.raw_fd());
+    debug!(session = session.id, %peer, camera = %cam.name, "session opened");
+    let typical = cam
+        .pool
+        .lease_newest()
+        .map_or(256 * 1024, |l| l.meta().jpeg_len());
+    net::tune_for_stream(conn.raw_fd(), typical);
+    if !send(app, &mut conn, multipart::stream_head().into_bytes()).await {
+        return;
+    }
+    let counters = &session.counters;
+    let mut frames = cam.subscribe();
+    let mut shutdown = app.shutdown.subscribe();
+    let mut last = 0u64;
+    let reason = 'session: loop {
+        while cam.pool.newest_seq() <= last {
+            tokio::select! {
+                r = frames.changed() => if r.is_err() { break 'session "camera gone" },
+                _ = triggered(&mut shutdown) => break 'session "shutdown",
+                _ = counters.closed() => break 'session "closed by admin",
+            }
+        }
+        let send_one = timeout(app.settings.send_timeout, async {
+            conn.drained().await?;
+            let Some(lease) = cam.pool.lease_after(last) else {
+                return Ok::<_, io::Error>(None);
+            };
+            let (seq, n) = (lease.seq(), lease.part().len());
+            conn.write_lease(LeaseBuf::part(lease)).await?;
+            Ok(Some((seq, n)))
+        });
+        let res = tokio::select! {
+            r = send_one => r,
+            _ = triggered(&mut shutdown) => break "shutdown",
+            _ = counters.closed() => break "closed by admin",
+        };
+        match res {
+            Err(_) => {
+                ServerCounters::bump(&app.counters.send_timeouts);
+                break "send timeout";
+            }
+            Ok(Err(_)) => break "client gone",
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some((seq, n)))) => {
+                if last != 0 && seq > last + 1 {
+                    counters
+                        .skipped
+                        .fetch_add(seq - last - 1, Ordering::Relaxed);
+                }
+                last = seq;
+                counters.frames.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                app.counters
+                    .bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    };
+    let frames_sent = counters.frames.load(Ordering::Relaxed);
+    debug!(session = session.id, %peer, reason, frames_sent, "session closed");
+    app.events.emit(
+        "session",
+        Some(cam_idx),
+        serde_json::json!({"event": "closed", "id": session.id, "peer": peer.to_string(),
+            "camera": cam.name, "reason": reason, "frames_sent": frames_sent,
+            "frames_skipped": counters.skipped.load(Ordering::Relaxed),
+            "bytes_sent": counters.bytes.load(Ordering::Relaxed)}),
+    );
+}
