@@ -214,14 +214,14 @@ impl Running {
                     "state": state}),
             );
             if !status.is_empty() {
-                status.push_str(", ");
+                status.push_str("; ");
             }
-            status.push_str(&format!("{} {fps:.1}fps {clients} clients", cam.name));
+            status.push_str(&format!("{} {fps:.1}fps, {clients} clients", cam.name));
             if state != "online" {
                 status.push_str(&format!(" ({state})"));
             }
         }
-        status.push_str(&format!("; {}", app.backend.as_str()));
+        status.push_str(&format!(" | {}", app.backend.as_str()));
         systemd::status(&status);
     }
 

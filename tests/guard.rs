@@ -370,6 +370,9 @@ fn events_report_sessions_stats_rooms_and_overflow() {
 
 #[test]
 fn flood_from_one_address_does_not_starve_a_viewer_on_another() {
+    if emulated_skip("flood_from_one_address_does_not_starve_a_viewer_on_another") {
+        return;
+    }
     let _g = heavy();
     let d = Daemon::start(&[
         "--source",

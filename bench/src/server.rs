@@ -54,8 +54,18 @@ impl ServerProc {
             .arg("--source")
             .arg(&spec.source)
             .arg("--io-backend")
-            .arg(spec.backend)
-            .args(spec.extra_args)
+            .arg(spec.backend);
+        // All viewers come from 127.0.0.1: lift the per-IP limits (sessions and connects/minute)
+        // unless the caller sets them.
+        for (flag, value) in [
+            ("--max-clients-per-ip", "1024"),
+            ("--connects-per-minute", "1000000"),
+        ] {
+            if !spec.extra_args.iter().any(|a| a.starts_with(flag)) {
+                cmd.arg(flag).arg(value);
+            }
+        }
+        cmd.args(spec.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));

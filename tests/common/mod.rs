@@ -42,6 +42,16 @@ pub fn backend_available(backend: &str) -> bool {
     }
 }
 
+/// Frame-rate assertions mean nothing under CPU emulation (qemu-user runs the aarch64 test build
+/// several times slower than a Pi): such tests skip, saying so, when BELTCAM_EMULATED is set.
+pub fn emulated_skip(test: &str) -> bool {
+    if std::env::var_os("BELTCAM_EMULATED").is_some() {
+        eprintln!("skipping {test}: frame-rate assertions are not meaningful under emulation (BELTCAM_EMULATED)");
+        return true;
+    }
+    false
+}
+
 pub struct Daemon {
     pub child: Child,
     pub port: u16,

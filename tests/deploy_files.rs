@@ -1,0 +1,504 @@
+//! The deployment files stay valid and agree with the tree: the systemd units load and keep their
+//! hardening score, the Yocto crates list matches Cargo.lock, the recipe installs files that exist,
+//! and the kas files are well-formed kas projects.
+//!
+//! Tests that need `systemd-analyze` skip (with a printed reason) where it is not installed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SERVICE: &str = "systemd/beltcam.service";
+const SOCKET: &str = "systemd/beltcam.socket";
+const RECIPE_DIR: &str = "yocto/meta-beltcam/recipes-multimedia/beltcam";
+const RECIPE: &str = "yocto/meta-beltcam/recipes-multimedia/beltcam/beltcam_0.1.0.bb";
+const CRATES_INC: &str = "yocto/meta-beltcam/recipes-multimedia/beltcam/beltcam-crates.inc";
+const LAYER: &str = "yocto/meta-beltcam";
+const KAS_DIR: &str = "yocto/kas";
+/// `systemd-analyze security` prints exposure 0.0..=10.0; the issue asks for "OK" or better.
+const MAX_EXPOSURE: f64 = 2.0;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    let path = repo().join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Runs `systemd-analyze ARGS`, or returns None (after saying why) when it is not installed.
+fn systemd_analyze(args: &[&str]) -> Option<Output> {
+    match Command::new("systemd-analyze").args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "skipping: systemd-analyze is not installed (Debian: apt-get install systemd)"
+            );
+            None
+        }
+        Err(e) => panic!("cannot run systemd-analyze: {e}"),
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("beltcam-deploy-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd units
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    // `verify` insists that ExecStart's binary exists and is executable. /usr/bin/beltcam exists only
+    // on the box, so verify a copy whose ExecStart points at the binary cargo built for this test run;
+    // everything else is byte for byte the committed unit.
+    let tmp = TempDir::new("verify");
+    let service = read(SERVICE);
+    assert!(
+        service.contains("ExecStart=/usr/bin/beltcam "),
+        "ExecStart no longer runs /usr/bin/beltcam"
+    );
+    let service = service.replace(
+        "ExecStart=/usr/bin/beltcam ",
+        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_beltcam")),
+    );
+    let svc = tmp.0.join("beltcam.service");
+    let sock = tmp.0.join("beltcam.socket");
+    fs::write(&svc, service).unwrap();
+    fs::write(&sock, read(SOCKET)).unwrap();
+
+    let Some(out) = systemd_analyze(&["verify", svc.to_str().unwrap(), sock.to_str().unwrap()])
+    else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Unknown keys and misplaced settings are only warnings (exit 0); they are mistakes all the same.
+    let about_ours: Vec<&str> = stderr.lines().filter(|l| l.contains("beltcam.s")).collect();
+    assert!(
+        out.status.success() && about_ours.is_empty(),
+        "systemd-analyze verify failed ({}):\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn service_exposure_is_ok_or_better() {
+    let unit = repo().join(SERVICE);
+    // --threshold is on the 0..100 scale: exit status fails above 2.0. The score is parsed as well so a
+    // failure names it.
+    let threshold = format!("--threshold={}", (MAX_EXPOSURE * 10.0) as u32);
+    let Some(out) = systemd_analyze(&[
+        "security",
+        "--offline=yes",
+        &threshold,
+        unit.to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!("no exposure line in systemd-analyze output:\n{stdout}\n{stderr}")
+        });
+    // "→ Overall exposure level for beltcam.service: 1.4 OK 🙂"
+    let score: f64 = line
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse exposure from {line:?}"));
+    eprintln!(
+        "systemd-analyze security: {}",
+        line.trim_start_matches(|c: char| !c.is_ascii_alphabetic())
+    );
+    let worst: Vec<&str> = stdout.lines().filter(|l| l.starts_with('✗')).collect();
+    assert!(
+        score <= MAX_EXPOSURE && out.status.success(),
+        "exposure {score} > {MAX_EXPOSURE} (exit {}); open items:\n{}",
+        out.status,
+        worst.join("\n")
+    );
+}
+
+#[test]
+fn system_service_filter_allows_io_uring() {
+    // SystemCallFilter=@system-service lets io_uring through only where @aio holds io_uring_* (systemd
+    // >= 252). Elsewhere the daemon falls back to epoll; this test documents which case this host is.
+    let Some(version) = systemd_analyze(&["--version"]) else {
+        return;
+    };
+    let first = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let major: u32 = first
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if major < 252 {
+        eprintln!("skipping: {first}: @system-service predates io_uring in @aio (needs 252)");
+        return;
+    }
+    let Some(out) = systemd_analyze(&["syscall-filter", "@system-service"]) else {
+        return;
+    };
+    let list = String::from_utf8_lossy(&out.stdout);
+    let listed = |name: &str| list.lines().any(|l| l.trim() == name);
+    let aio = systemd_analyze(&["syscall-filter", "@aio"]).expect("systemd-analyze vanished");
+    let aio = String::from_utf8_lossy(&aio.stdout);
+    for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+        assert!(
+            aio.lines().any(|l| l.trim() == call) && (listed(call) || listed("@aio")),
+            "{call} is not allowed by @system-service on {first}"
+        );
+    }
+}
+
+#[test]
+fn service_keeps_what_the_daemon_needs() {
+    // Hardening that would break the daemon, caught before it reaches a box.
+    let unit = read(SERVICE);
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let has = |line: &str| settings.contains(&line);
+    for required in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "DeviceAllow=char-video4linux rw",
+        "SupplementaryGroups=video",
+        "SystemCallFilter=@system-service",
+        "StateDirectory=beltcam",
+        "ConfigurationDirectory=beltcam",
+        "ExecStart=/usr/bin/beltcam --config /etc/beltcam/beltcam.toml",
+    ] {
+        assert!(has(required), "{SERVICE} lost `{required}`");
+    }
+    assert!(
+        settings.iter().any(|l| l.starts_with("WatchdogSec=")),
+        "{SERVICE} lost WatchdogSec="
+    );
+    // A private /dev has no /dev/video*.
+    assert!(
+        !has("PrivateDevices=yes") && !has("PrivateDevices=true"),
+        "PrivateDevices= hides the cameras"
+    );
+    // The daemon must bind TCP; an allow-list without INET would silently fall back to nothing.
+    let families = settings
+        .iter()
+        .find(|l| l.starts_with("RestrictAddressFamilies="))
+        .expect("RestrictAddressFamilies=");
+    assert!(
+        families.contains("AF_INET")
+            && families.contains("AF_INET6")
+            && families.contains("AF_UNIX"),
+        "{families}"
+    );
+    // Socket activation is optional, never a hard dependency.
+    assert!(!settings
+        .iter()
+        .any(|l| l.starts_with("Requires=") && l.contains("beltcam.socket")));
+
+    let socket = read(SOCKET);
+    assert!(
+        socket
+            .lines()
+            .any(|l| l.trim() == "Service=beltcam.service"),
+        "{SOCKET} must name beltcam.service"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Yocto: crates list, recipe, layer
+
+/// The text `cargo-update-recipe-crates` (and scripts/gen-crates-inc.py) generate from Cargo.lock.
+fn crates_inc_from_lock(lock_text: &str) -> String {
+    let lock: toml::Table = toml::from_str(lock_text).expect("Cargo.lock is not TOML");
+    let packages = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .expect("Cargo.lock has no [[package]]");
+    let field = |p: &toml::Value, key: &str| p.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    // Workspace members have no `source`; git dependencies would not say crates.io.
+    let crates: Vec<&toml::Value> = packages
+        .iter()
+        .filter(|p| field(p, "source").is_some_and(|s| s.contains("crates.io")))
+        .collect();
+    let mut out = String::from(
+        "# Autogenerated with 'bitbake -c update_crates beltcam'\n\n# from Cargo.lock\n",
+    );
+    out.push_str("SRC_URI += \" \\\n");
+    for c in &crates {
+        out.push_str(&format!(
+            "    crate://crates.io/{}/{} \\\n",
+            field(c, "name").unwrap(),
+            field(c, "version").unwrap()
+        ));
+    }
+    out.push_str("\"\n\n");
+    for c in &crates {
+        if let Some(sum) = field(c, "checksum") {
+            out.push_str(&format!(
+                "SRC_URI[{}-{}.sha256sum] = \"{sum}\"\n",
+                field(c, "name").unwrap(),
+                field(c, "version").unwrap()
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn crates_inc_matches_cargo_lock() {
+    let expected = crates_inc_from_lock(&read("Cargo.lock"));
+    let committed = read(CRATES_INC);
+    if committed == expected {
+        return;
+    }
+    let (mut exp, mut got) = (expected.lines(), committed.lines());
+    let mut n = 1;
+    loop {
+        match (exp.next(), got.next()) {
+            (Some(e), Some(g)) if e == g => n += 1,
+            (e, g) => panic!(
+                "{CRATES_INC} is out of date with Cargo.lock (first difference at line {n}):\n  \
+                 expected: {}\n  committed: {}\nRun scripts/gen-crates-inc.py and commit the result.",
+                e.unwrap_or("<end of file>"),
+                g.unwrap_or("<end of file>")
+            ),
+        }
+    }
+}
+
+#[test]
+fn recipe_installs_files_that_exist() {
+    let recipe = read(RECIPE);
+    // Every ${S}/path the recipe installs from the source tree.
+    let paths: Vec<&str> = recipe
+        .split("${S}/")
+        .skip(1)
+        .map(|rest| {
+            rest.split(|c: char| c.is_whitespace() || c == '"' || c == ';')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    for needed in [
+        "systemd/beltcam.service",
+        "systemd/beltcam.socket",
+        "config/beltcam.example.toml",
+    ] {
+        assert!(
+            paths.contains(&needed),
+            "{RECIPE} no longer installs {needed}"
+        );
+    }
+    for p in &paths {
+        assert!(
+            repo().join(p).is_file(),
+            "{RECIPE} installs ${{S}}/{p}, which does not exist"
+        );
+    }
+    // `require X` is resolved next to the recipe.
+    for line in recipe.lines().filter(|l| l.starts_with("require ")) {
+        let inc = line["require ".len()..].trim();
+        assert!(
+            repo().join(RECIPE_DIR).join(inc).is_file(),
+            "{RECIPE}: {line}: no such file"
+        );
+    }
+    // Every unit the systemd class enables is one the recipe installs.
+    let units = recipe
+        .lines()
+        .find_map(|l| l.strip_prefix("SYSTEMD_SERVICE:${PN} = "))
+        .expect("SYSTEMD_SERVICE:${PN}")
+        .trim_matches('"');
+    for unit in units.split_whitespace() {
+        assert!(
+            paths.contains(&format!("systemd/{unit}").as_str()),
+            "{unit} is enabled but not installed"
+        );
+    }
+    // The unit reads the config where the recipe puts it, and runs the binary cargo builds.
+    assert!(recipe.contains("${D}${sysconfdir}/beltcam/beltcam.toml"));
+    assert!(read(SERVICE).contains("--config /etc/beltcam/beltcam.toml"));
+    assert!(Path::new(env!("CARGO_BIN_EXE_beltcam")).ends_with("beltcam"));
+    for class in ["cargo", "cargo-update-recipe-crates", "systemd", "useradd"] {
+        assert!(
+            recipe
+                .lines()
+                .any(|l| l.starts_with("inherit ") && l.split_whitespace().any(|w| w == class)),
+            "{RECIPE} must inherit {class}"
+        );
+    }
+}
+
+#[test]
+fn layer_conf_declares_series_and_dependencies() {
+    let conf = read(&format!("{LAYER}/conf/layer.conf"));
+    let compat = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("LAYERSERIES_COMPAT_beltcam = "))
+        .expect("LAYERSERIES_COMPAT_beltcam");
+    for series in ["scarthgap", "walnascar", "whinlatter"] {
+        assert!(
+            compat.contains(series),
+            "layer not marked compatible with {series}"
+        );
+    }
+    let deps = conf
+        .lines()
+        .find(|l| l.starts_with("LAYERDEPENDS_beltcam"))
+        .expect("LAYERDEPENDS_beltcam");
+    assert!(
+        deps.contains("core") && deps.contains("clang-layer"),
+        "{deps}"
+    );
+    assert!(repo().join(LAYER).join("README.md").is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
+// kas
+
+#[test]
+fn kas_files_are_complete_kas_projects() {
+    let dir = repo().join(KAS_DIR);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for wanted in ["raspberrypi4-64.yml", "jetson-orin-nano-devkit.yml"] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{KAS_DIR}/{wanted} is missing"
+        );
+    }
+    for file in &files {
+        check_kas_file(file);
+    }
+}
+
+/// Parses a YAML file (with a real YAML parser, in process) into a JSON value.
+fn yaml_as_json(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("kas file readable");
+    match serde_yaml_ng::from_str::<serde_json::Value>(&text) {
+        Ok(v) => Some(v),
+        Err(e) => panic!("{}: not valid YAML: {e}", path.display()),
+    }
+}
+
+fn check_kas_file(path: &Path) {
+    use serde_json::Value;
+    let name = path.display().to_string();
+    let Some(doc) = yaml_as_json(path) else {
+        return;
+    };
+    let str_at = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+
+    // `branch:` in repos needs format version 14 (kas 4.0).
+    let version = doc
+        .get("header")
+        .and_then(|h| h.get("version"))
+        .and_then(Value::as_u64);
+    assert!(
+        version.is_some_and(|v| v >= 14),
+        "{name}: header.version must be an integer >= 14"
+    );
+    for key in ["machine", "distro"] {
+        assert!(
+            str_at(&doc, key).is_some_and(|s| !s.is_empty()),
+            "{name}: `{key}` missing"
+        );
+    }
+    let target = doc.get("target").expect("target");
+    assert!(
+        target.as_str().is_some() || target.as_array().is_some_and(|s| !s.is_empty()),
+        "{name}: `target` must be a name or a list"
+    );
+
+    let repos = doc
+        .get("repos")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("{name}: no repos"));
+    let default_branch = doc
+        .get("defaults")
+        .and_then(|d| d.get("repos"))
+        .and_then(|r| str_at(r, "branch"));
+    let mut own_layer = false;
+    for (id, repo_def) in repos {
+        match str_at(repo_def, "url") {
+            Some(_) => {
+                let pinned = ["branch", "commit", "tag"]
+                    .iter()
+                    .any(|k| str_at(repo_def, k).is_some());
+                assert!(
+                    pinned || default_branch.is_some(),
+                    "{name}: repo {id} has a url but no branch/commit/tag"
+                );
+            }
+            None => {
+                // No url and no path: the repository holding this file. Its layers must exist here.
+                let layers = repo_def
+                    .get("layers")
+                    .and_then(Value::as_object)
+                    .expect("local repo lists layers");
+                for layer in layers.keys() {
+                    assert!(
+                        repo().join(layer).join("conf/layer.conf").is_file(),
+                        "{name}: layer {layer} has no conf/layer.conf"
+                    );
+                    own_layer |= layer == LAYER;
+                }
+            }
+        }
+    }
+    assert!(own_layer, "{name}: does not add {LAYER}");
+    for needed in ["poky", "meta-clang"] {
+        assert!(repos.contains_key(needed), "{name}: repo {needed} missing");
+    }
+
+    let local_conf: String = doc
+        .get("local_conf_header")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.values()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    assert!(
+        local_conf
+            .lines()
+            .any(|l| l.trim() == "INIT_MANAGER = \"systemd\""),
+        "{name}: local_conf_header must set INIT_MANAGER = \"systemd\""
+    );
+}
