@@ -60,7 +60,17 @@ impl Drop for Notify {
     }
 }
 
-fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) -> Child {
+/// Kills the daemon when a test ends, also when it ends in a failed assertion.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) -> Guard {
     let listen = format!("127.0.0.1:{port}");
     Command::new(env!("CARGO_BIN_EXE_beltcam"))
         .args(["--listen", &listen, "--source", "synthetic:160x120@15"])
@@ -72,6 +82,7 @@ fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Guard)
         .expect("start beltcam")
 }
 
@@ -79,7 +90,8 @@ fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) 
 fn notifies_ready_status_watchdog_and_stopping() {
     let mut n = Notify::new("ready");
     let port = free_port();
-    let mut child = spawn(&n, port, &[], &[]);
+    let mut guard = spawn(&n, port, &[], &[]);
+    let child = &mut guard.0;
     n.collect(Duration::from_secs(20), |s| {
         s.iter().any(|(_, m)| m == "READY=1")
     });
@@ -117,7 +129,7 @@ fn notifies_ready_status_watchdog_and_stopping() {
         s.iter().any(|(_, m)| m == "STOPPING=1")
     });
     assert_eq!(n.count("STOPPING=1"), 1);
-    let status = wait_exit(&mut child, Duration::from_secs(2)).expect("exits");
+    let status = wait_exit(child, Duration::from_secs(2)).expect("exits");
     assert!(status.success());
 }
 
@@ -133,7 +145,7 @@ fn watchdog_stops_when_a_thread_wedges() {
     let mut n = Notify::new("wedge");
     let port = free_port();
     let wedge_at = Duration::from_millis(2500);
-    let mut child = spawn(
+    let _child = spawn(
         &n,
         port,
         &[
@@ -177,8 +189,6 @@ fn watchdog_stops_when_a_thread_wedges() {
         body.contains("\"down\"") && body.contains("serve-0"),
         "{body}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -212,7 +222,8 @@ fn socket_activation_serves_on_the_passed_socket() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("start beltcam");
+    let mut guard = Guard(cmd.spawn().expect("start beltcam"));
+    let child = &mut guard.0;
     drop(listener); // the daemon holds the socket now
     assert!(
         wait_for(Duration::from_secs(20), || matches!(
@@ -226,7 +237,7 @@ fn socket_activation_serves_on_the_passed_socket() {
     assert_eq!(decode(&body), (160, 120));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(wait_exit(&mut child, Duration::from_secs(2))
+    assert!(wait_exit(child, Duration::from_secs(2))
         .expect("exits")
         .success());
 }
