@@ -11,7 +11,8 @@ cd "$(dirname "$0")"
 # Build: bindgen (v4l) needs libclang; turbojpeg builds libjpeg-turbo with cmake and nasm.
 BUILD_PKGS="libclang-dev cmake nasm pkg-config"
 # Tests: the vivid VM (qemu), systemd-analyze for the unit checks.
-TEST_PKGS="qemu-system-x86 cpio xz-utils zstd curl gcc-12 make systemd"
+# (the VM test also downloads Debian's kernel and tools with apt-get download: it needs apt's lists)
+TEST_PKGS="qemu-system-x86 cpio xz-utils zstd bzip2 gcc-12 make systemd"
 
 need_pkgs() {
   local missing=()
@@ -35,6 +36,10 @@ case "${1:-}" in
   test)
     shift
     need_pkgs $BUILD_PKGS $TEST_PKGS
+    if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+      sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+      $sudo apt-get update -qq || echo "dev.sh: apt-get update failed; the VM test will skip" >&2
+    fi
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked "$@"

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capture::spec::SourceSpec;
+use crate::capture::v4l2::V4l2Options;
 use crate::limits::{
     MAX_CAMERAS, MAX_CAMERA_NAME, MAX_EVENT_SUBSCRIBERS, MAX_LISTENERS, MAX_SERVING_THREADS,
     MAX_SESSIONS,
@@ -137,10 +138,37 @@ pub struct CameraConfig {
     /// JPEG quality for frames beltcam encodes (1..=100). Default 80.
     #[serde(default = "default_quality")]
     pub quality: u8,
+    /// V4L2 MMAP buffers to request (2..=32). Default 4.
+    #[serde(default = "default_buffers")]
+    pub buffers: u32,
+    /// Encode worker threads for raw (non-MJPEG) V4L2 formats (1..=8). Default 2.
+    #[serde(default = "default_encode_workers")]
+    pub encode_workers: usize,
 }
 
 fn default_quality() -> u8 {
     80
+}
+
+pub fn default_buffers() -> u32 {
+    4
+}
+
+pub fn default_encode_workers() -> usize {
+    2
+}
+
+impl CameraConfig {
+    /// A camera with every optional key at its default.
+    pub fn new(name: String, source: String) -> Self {
+        CameraConfig {
+            name,
+            source,
+            quality: default_quality(),
+            buffers: default_buffers(),
+            encode_workers: default_encode_workers(),
+        }
+    }
 }
 
 /// A config error: which key, and why. Displays as one line.
@@ -182,6 +210,7 @@ pub struct CameraSettings {
     pub name: String,
     pub source: SourceSpec,
     pub quality: u8,
+    pub v4l2: V4l2Options,
 }
 
 impl Config {
@@ -296,10 +325,16 @@ impl Config {
                     format!("must be 1..=100 (got {})", c.quality),
                 ));
             }
+            let v4l2 = V4l2Options {
+                buffers: c.buffers,
+                workers: c.encode_workers,
+            };
+            v4l2.validate().map_err(|(k, r)| err(key(k), r))?;
             cameras.push(CameraSettings {
                 name: c.name.clone(),
                 source,
                 quality: c.quality,
+                v4l2,
             });
         }
         Ok(Settings {

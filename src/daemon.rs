@@ -25,22 +25,36 @@ use std::sync::atomic::Ordering;
 
 /// The camera used when none is configured: `/dev/video0` when present, else the test pattern.
 pub fn default_camera() -> CameraSettings {
-    let (w, h, fps) = capture::spec::DEFAULT_SYNTHETIC;
-    let source = SourceSpec::Synthetic {
-        width: w,
-        height: h,
-        fps,
+    let video0 = std::path::Path::new("/dev/video0");
+    let source = if video0.exists() {
+        let source = SourceSpec::V4l2 {
+            device: video0.into(),
+            mode: None,
+            format: None,
+        };
+        info!(source = %source, "no camera configured; using /dev/video0");
+        source
+    } else {
+        let (w, h, fps) = capture::spec::DEFAULT_SYNTHETIC;
+        let source = SourceSpec::Synthetic {
+            width: w,
+            height: h,
+            fps,
+        };
+        info!(source = %source, "no camera configured and no /dev/video0; using the synthetic test pattern");
+        source
     };
-    info!(source = %source, "no camera configured and no /dev/video0; using the synthetic test pattern");
     CameraSettings {
         name: "cam0".into(),
         source,
         quality: 80,
+        v4l2: Default::default(),
     }
 }
 
 /// The source behind a spec.
-pub fn make_source(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, String> {
+pub fn make_source(cam: &CameraSettings) -> Result<Box<dyn FrameSource>, String> {
+    let spec = &cam.source;
     match spec {
         SourceSpec::Synthetic { width, height, fps } => Ok(Box::new(
             capture::synthetic::Synthetic::new(*width, *height, *fps),
@@ -48,9 +62,16 @@ pub fn make_source(spec: &SourceSpec) -> Result<Box<dyn FrameSource>, String> {
         SourceSpec::Dir { path, fps } => {
             Ok(Box::new(capture::dir::DirSource::new(path.clone(), *fps)))
         }
-        SourceSpec::V4l2 { .. } => Err(format!(
-            "{spec}: V4L2 capture is not built into this version"
-        )),
+        SourceSpec::V4l2 {
+            device,
+            mode,
+            format,
+        } => Ok(Box::new(capture::v4l2::V4l2Source::new(
+            device.clone(),
+            *mode,
+            format.clone(),
+            cam.v4l2,
+        ))),
     }
 }
 
@@ -90,7 +111,7 @@ pub fn start(
     let mut cameras = Vec::new();
     let mut sources = Vec::new();
     for (i, c) in settings.cameras.iter().enumerate() {
-        sources.push(make_source(&c.source)?);
+        sources.push(make_source(c)?);
         let hb = health.register(format!("capture:{}", c.name));
         cameras.push(Arc::new(Camera::new(
             i,

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod devices;
 pub mod events;
 pub mod guard;
 pub mod health;

@@ -70,6 +70,12 @@ enum Command {
     Run,
     /// Check the configuration and print the effective settings, then exit.
     CheckConfig,
+    /// List V4L2 devices with their formats, sizes and frame rates, then exit.
+    Devices {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Applies command-line overrides to the file's configuration.
@@ -119,11 +125,7 @@ fn apply_flags(cli: &Cli, cfg: &mut Config) {
                     Some((n, s)) if !n.contains(':') && !n.contains('/') => (n.to_string(), s),
                     _ => (format!("cam{i}"), arg.as_str()),
                 };
-                CameraConfig {
-                    name,
-                    source: spec.to_string(),
-                    quality: 80,
-                }
+                CameraConfig::new(name, spec.to_string())
             })
             .collect();
     }
@@ -187,6 +189,24 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => {
             info!(?settings, "configuration is valid");
             ExitCode::SUCCESS
+        }
+        Some(Command::Devices { json }) => {
+            let devices = beltcam::devices::list();
+            let out = if json {
+                serde_json::to_string_pretty(&devices).map(|j| j + "\n")
+            } else {
+                Ok(beltcam::devices::render_text(&devices))
+            };
+            let written = out
+                .map_err(std::io::Error::other)
+                .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("beltcam: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some(Command::Run) | None => run(settings, auth, passed),
     }

@@ -243,7 +243,11 @@ impl RawEncoder {
             RawFormat::Yu12 | RawFormat::Yv12 => {
                 let (luma, chroma) = src.split_at(s * h);
                 let (a, b) = chroma.split_at(s / 2 * (h / 2));
-                let (u, v) = if self.fmt == RawFormat::Yu12 { (a, b) } else { (b, a) };
+                let (u, v) = if self.fmt == RawFormat::Yu12 {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 let img = YuvPlanesImage {
                     u_stride: s / 2,
                     v_stride: s / 2,
@@ -337,7 +341,11 @@ mod tests {
         let c = stride * h;
         match fmt {
             RawFormat::Nv12 | RawFormat::Nv21 => {
-                let (a, b) = if fmt == RawFormat::Nv12 { (u0, v0) } else { (v0, u0) };
+                let (a, b) = if fmt == RawFormat::Nv12 {
+                    (u0, v0)
+                } else {
+                    (v0, u0)
+                };
                 for row in 0..h / 2 {
                     for x in 0..w / 2 {
                         f[c + row * stride + 2 * x] = a;
@@ -346,7 +354,11 @@ mod tests {
                 }
             }
             RawFormat::Yu12 | RawFormat::Yv12 => {
-                let (a, b) = if fmt == RawFormat::Yu12 { (u0, v0) } else { (v0, u0) };
+                let (a, b) = if fmt == RawFormat::Yu12 {
+                    (u0, v0)
+                } else {
+                    (v0, u0)
+                };
                 let cs = stride / 2 * (h / 2);
                 f[c..c + cs].fill(a);
                 f[c + cs..].fill(b);

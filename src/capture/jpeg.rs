@@ -148,6 +148,37 @@ mod tests {
         assert!(check(&hdr_cut).is_err());
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// A frame of vivid's webcam (beltcam in the test VM, 320x180) and the same frame without its
+    /// DHT segments, as UVC cameras send MJPEG: the standard tables make it decode to the same
+    /// pixels.
+    #[test]
+    fn real_frame_without_huffman_tables_is_fixed_by_insertion() {
+        let original = fixture("vivid-320x180.jpg");
+        let no_dht = fixture("mjpeg-no-dht.jpg");
+        let info = check(&no_dht).unwrap();
+        assert_eq!((info.width, info.height, info.has_dht), (320, 180, false));
+        let mut out = vec![0u8; 1 << 16];
+        let (n, _) = crate::capture::dht::copy_frame(&no_dht, &mut out).unwrap();
+        assert!(check(&out[..n]).unwrap().has_dht);
+        let fmt = turbojpeg::PixelFormat::RGB;
+        let a = turbojpeg::decompress(&original, fmt).unwrap();
+        let b = turbojpeg::decompress(&out[..n], fmt).unwrap();
+        assert_eq!(a.pixels, b.pixels);
+    }
+
+    #[test]
+    fn truncated_real_frame_is_rejected() {
+        let cut = fixture("mjpeg-truncated.jpg");
+        assert_eq!(check(&cut), Err(JpegError::NoEoi));
+        let mut out = vec![0u8; 1 << 16];
+        assert!(crate::capture::dht::copy_frame(&cut, &mut out).is_err());
+    }
+
     #[test]
     fn never_panics_on_prefixes() {
         let j = sample();

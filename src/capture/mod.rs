@@ -5,12 +5,16 @@
 //! online/offline state, the "NO SIGNAL" placeholder while offline, retry with capped backoff, and the
 //! heartbeat that proves the thread is alive.
 
+pub mod convert;
+pub mod dht;
 pub mod dir;
 pub mod encode;
 pub mod font;
 pub mod jpeg;
 pub mod spec;
 pub mod synthetic;
+pub mod v4l2;
+pub mod workers;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};

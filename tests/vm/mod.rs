@@ -1,0 +1,266 @@
+//! The VM harness for real-device tests: build (cached) and boot the small qemu VM of `tests/vm/`
+//! with the kernel's `vivid` driver, run the beltcam under test inside it, and talk to it through
+//! forwarded ports and the guest's control shell. Every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cache: downloaded .debs, the kernel and the initramfs (`target/vmh`).
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|t| t.join("vmh"))
+        .unwrap_or_else(|| repo().join("target/vmh"))
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// A built VM image; `loopback` says whether the MJPEG camera (v4l2loopback) is in it.
+pub struct Image {
+    pub dir: PathBuf,
+    pub loopback: bool,
+    _lock: std::fs::File,
+}
+
+/// Builds the image if needed. `Err` is the reason to skip, printed by the caller.
+pub fn prepare() -> Result<Image, String> {
+    if std::env::var_os("BELTCAM_SKIP_VM").is_some() {
+        return Err("BELTCAM_SKIP_VM is set".into());
+    }
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return Err("the VM test runs on x86_64 Linux hosts".into());
+    }
+    for tool in [
+        "qemu-system-x86_64",
+        "cpio",
+        "apt-get",
+        "dpkg",
+        "zstd",
+        "xz",
+    ] {
+        if !on_path(tool) {
+            return Err(format!("{tool} is not installed"));
+        }
+    }
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One VM at a time, also across test binaries and checkouts sharing the cache.
+    let lock = std::fs::File::create(dir.join("lock")).map_err(|e| e.to_string())?;
+    // SAFETY: flock on an fd we own; blocks until the other holder is done.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(format!("cannot lock {}", dir.display()));
+    }
+    let script = std::fs::read(repo().join("tests/vm/build.sh")).map_err(|e| e.to_string())?;
+    let want_loopback = on_path("gcc-12") && on_path("make");
+    let stamp = format!("{:x}-{}", fnv(&script), want_loopback);
+    let out = dir.join("out/amd64");
+    let stamp_file = out.join("beltcam-stamp");
+    let cached = std::fs::read_to_string(&stamp_file).ok();
+    if cached.as_deref() != Some(stamp.as_str()) || !out.join("initrd.cpio.gz").is_file() {
+        let mut built = build(&dir, want_loopback);
+        if built.is_err() && want_loopback {
+            eprintln!("vm: building with v4l2loopback failed; trying without (no MJPEG run)");
+            built = build(&dir, false);
+        }
+        let loopback = built.map_err(|log| format!("cannot build the VM image:\n{log}"))?;
+        let _ = std::fs::write(&stamp_file, format!("{:x}-{}", fnv(&script), loopback));
+    }
+    let loopback = std::fs::read_to_string(&stamp_file).is_ok_and(|s| s.ends_with("-true"));
+    Ok(Image {
+        dir,
+        loopback,
+        _lock: lock,
+    })
+}
+
+fn build(dir: &Path, loopback: bool) -> Result<bool, String> {
+    let t0 = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo().join("tests/vm/build.sh"))
+        .arg("amd64")
+        .env("VMH_DIR", dir)
+        .env("VMH_LOOPBACK", if loopback { "1" } else { "0" })
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run build.sh: {e}"))?;
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        return Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    eprintln!(
+        "vm: image built in {:.1} s (loopback: {loopback})",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(loopback)
+}
+
+/// FNV-1a, a stable cache key for the build script.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running VM. Dropping it ends the payload and kills qemu's process group.
+pub struct Vm {
+    child: Child,
+    pub ctl: u16,
+    pub ports: Vec<u16>,
+    pub console: PathBuf,
+}
+
+impl Vm {
+    /// Boots the image with `script` as payload, forwarding one host port per guest port.
+    pub fn boot(img: &Image, script: &str, guest_ports: &[u16], adds: &[(PathBuf, &str)]) -> Vm {
+        let bin = env!("CARGO_BIN_EXE_beltcam");
+        let ctl = free_port();
+        let ports: Vec<u16> = guest_ports.iter().map(|_| free_port()).collect();
+        let console = img.dir.join(format!("console-{}.log", std::process::id()));
+        let vm_dir = repo().join("tests/vm");
+        let mut cmd = Command::new("bash");
+        cmd.arg(vm_dir.join("run.sh"))
+            .args(["--timeout", "300", "--ctl", &ctl.to_string()])
+            .args(["--log", &console.display().to_string()])
+            .args(["--add-bin", &format!("{bin}:/usr/bin/beltcam")])
+            .args([
+                "--add",
+                &format!(
+                    "{}:/usr/bin/beltcam-start",
+                    vm_dir.join("guest/beltcam-start").display()
+                ),
+            ])
+            .args([
+                "--script",
+                &vm_dir.join("guest").join(script).display().to_string(),
+            ]);
+        for (h, g) in ports.iter().zip(guest_ports) {
+            cmd.args(["-f", &format!("{h}:{g}")]);
+        }
+        for (src, dst) in adds {
+            cmd.args(["--add", &format!("{}:{dst}", src.display())]);
+        }
+        let child = cmd
+            .env("VMH_DIR", &img.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start run.sh");
+        Vm {
+            child,
+            ctl,
+            ports,
+            console,
+        }
+    }
+
+    /// Runs shell commands in the guest; returns (exit code, output).
+    pub fn ctl(&self, cmd: &str) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        let sent = TcpStream::connect(("127.0.0.1", self.ctl)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(format!("{cmd}\necho \"__RC=$?\"\nexit\n").as_bytes())?;
+            let mut buf = [0u8; 65536];
+            while Instant::now() < deadline {
+                match s.read(&mut buf)? {
+                    0 => break,
+                    n => out.extend_from_slice(&buf[..n]),
+                }
+            }
+            Ok(())
+        });
+        let text = String::from_utf8_lossy(&out).to_string();
+        let rc = text
+            .lines()
+            .find_map(|l| l.strip_prefix("__RC=")?.trim().parse().ok())
+            .unwrap_or(if sent.is_err() { -2 } else { -1 });
+        let body = text
+            .lines()
+            .filter(|l| !l.starts_with("__RC="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (rc, body)
+    }
+
+    /// Waits until `GET path` on forwarded port `i` answers with `code`. qemu accepts forwarded
+    /// connections before the guest listens and they hang: every try has a short timeout.
+    pub fn wait_http(&self, i: usize, path: &str, code: u16, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if get(self.ports[i], path, Duration::from_millis(700)).is_ok_and(|r| r.0 == code) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.ctl("touch /tmp/stop");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: kill(2) on the process group we created for run.sh and its qemu.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.console);
+    }
+}
+
+/// `GET path` with connect and read timeouts; returns (status, body).
+pub fn get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no response head"))?;
+    let code = String::from_utf8_lossy(&out[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok((code, out[split + 4..].to_vec()))
+}
+
+pub fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let (_, body) = get(port, path, Duration::from_secs(2)).ok()?;
+    serde_json::from_slice(&body).ok()
+}
