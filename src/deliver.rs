@@ -111,6 +111,9 @@ pub async fn stream<C: Conn>(
         send(app, &mut conn, multipart::stream_head().into_bytes()).await;
         return;
     }
+    // Declared first so it drops last: the session leaves the table (and its IP place is given
+    // back) before the peer sees the connection end.
+    let _shut = ShutdownOnDrop(conn.raw_fd());
     let _ip_place = match app.guard.open_session(peer.ip()) {
         Ok(p) => p,
         Err(_) => {
@@ -137,7 +140,6 @@ pub async fn stream<C: Conn>(
         serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
             "camera": cam.name, "endpoint": "stream"}),
     );
-    let _shut = ShutdownOnDrop(conn.raw_fd());
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
     let typical = cam
         .pool
