@@ -17,7 +17,7 @@ use crate::http::multipart;
 use crate::http::response::{snapshot_head, Response};
 use crate::net::{self, Conn};
 use crate::pool::LeaseBuf;
-use crate::server::send;
+use crate::server::{refuse, send};
 use crate::shutdown::triggered;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
@@ -53,8 +53,7 @@ pub async fn snapshot<C: Conn>(
             max_age.as_millis(),
             cam.name
         );
-        let r = Response::error(503, &why).header("Retry-After", 1);
-        let mut r = r;
+        let mut r = Response::error(503, &why).header("Retry-After", 1);
         r.close = close;
         return send(app, conn, r.render(head_only)).await;
     };
@@ -117,20 +116,17 @@ pub async fn stream<C: Conn>(
     let _ip_place = match app.guard.open_session(peer.ip()) {
         Ok(p) => p,
         Err(_) => {
-            let r = Response::error(429, "too many streams from this address")
-                .header("Retry-After", 5)
-                .closing();
-            send(app, &mut conn, r.render(false)).await;
+            let r =
+                Response::error(429, "too many streams from this address").header("Retry-After", 5);
+            refuse(app, &mut conn, r).await;
             return;
         }
     };
     let session = match app.sessions.open(peer, cam_idx, "stream") {
         Ok(s) => s,
         Err(full) => {
-            let r = Response::error(503, &full.to_string())
-                .header("Retry-After", 2)
-                .closing();
-            send(app, &mut conn, r.render(false)).await;
+            let r = Response::error(503, &full.to_string()).header("Retry-After", 2);
+            refuse(app, &mut conn, r).await;
             return;
         }
     };

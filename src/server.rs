@@ -37,9 +37,8 @@ enum ReadOutcome {
 pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pending: PendingGuard) {
     if let Err(Refusal::Rate { retry_after_s }) = app.guard.on_connect(peer.ip()) {
         let r = Response::error(429, "too many connections from this address")
-            .header("Retry-After", retry_after_s)
-            .closing();
-        send(&app, &mut conn, r.render(false)).await;
+            .header("Retry-After", retry_after_s);
+        refuse(&app, &mut conn, r).await;
         return;
     }
     let mut shutdown = app.shutdown.subscribe();
@@ -63,8 +62,8 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
             }
             ReadOutcome::Timeout => {
                 ServerCounters::bump(&app.counters.request_timeouts);
-                let r = Response::error(408, "request head not received in time").closing();
-                send(&app, &mut conn, r.render(false)).await;
+                let r = Response::error(408, "request head not received in time");
+                refuse(&app, &mut conn, r).await;
                 return;
             }
             ReadOutcome::Bad(e) => {
@@ -74,8 +73,8 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
                 };
                 ServerCounters::bump(counter);
                 debug!(%peer, %e, "bad request");
-                let r = Response::error(e.status(), &e.to_string()).closing();
-                send(&app, &mut conn, r.render(false)).await;
+                let r = Response::error(e.status(), &e.to_string());
+                refuse(&app, &mut conn, r).await;
                 return;
             }
         };
@@ -186,6 +185,11 @@ async fn read_request<C: Conn>(
     }
 }
 
+/// Sends a refusal (an error answered before closing the connection).
+pub async fn refuse<C: Conn>(app: &App, conn: &mut C, r: Response) {
+    send(app, conn, r.closing().render(false)).await;
+}
+
 /// Writes a small response within the send timeout; false if the connection is done for.
 pub async fn send<C: Conn>(app: &App, conn: &mut C, bytes: Vec<u8>) -> bool {
     let n = bytes.len() as u64;
@@ -230,17 +234,15 @@ async fn events_route<C: Conn>(app: &App, conn: &mut C, req: &Request) {
         Some(name) => match app.camera_index(name) {
             Some(i) => Some(i),
             None => {
-                let r = Response::error(404, &format!("no camera {name:?}")).closing();
-                send(app, conn, r.render(false)).await;
+                let r = Response::error(404, &format!("no camera {name:?}"));
+                refuse(app, conn, r).await;
                 return;
             }
         },
     };
     let Some(sub) = app.events.subscribe() else {
-        let r = Response::error(503, "too many event subscribers")
-            .header("Retry-After", 5)
-            .closing();
-        send(app, conn, r.render(false)).await;
+        let r = Response::error(503, "too many event subscribers").header("Retry-After", 5);
+        refuse(app, conn, r).await;
         return;
     };
     events::serve(app, conn, sub, camera).await;
