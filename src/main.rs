@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
-use beltcam::auth::Auth;
+use beltcam::admit::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
 use beltcam::{daemon, shutdown, systemd};
 
@@ -137,24 +137,6 @@ fn load_settings(cli: &Cli) -> Result<Settings, beltcam::config::ConfigError> {
     cfg.validate()
 }
 
-fn init_tracing(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        format!("config error: log.level: {level:?} is not a level or filter ({e})")
-    })?;
-    // Under systemd the journal stamps time and stores the priority itself.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if journal {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
-}
-
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     // Before any thread exists, so all of them inherit the blocked mask.
@@ -181,7 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_tracing(&settings.log_level) {
+    if let Err(e) = beltcam::logging::init(&settings.log_level) {
         eprintln!("beltcam: {e}");
         return ExitCode::from(2);
     }
@@ -191,11 +173,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Devices { json }) => {
-            let devices = beltcam::devices::list();
+            let devices = beltcam::capture::devices::list();
             let out = if json {
                 serde_json::to_string_pretty(&devices).map(|j| j + "\n")
             } else {
-                Ok(beltcam::devices::render_text(&devices))
+                Ok(beltcam::capture::devices::render_text(&devices))
             };
             let written = out
                 .map_err(std::io::Error::other)
@@ -228,7 +210,10 @@ fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> Ex
     running.supervise();
     // Graceful: sessions see shutdown at once; give serving threads a bounded moment to close
     // their sockets, then exit whatever is still in flight (the kernel closes the rest).
-    running.join_serving(Duration::from_millis(700));
+    if let Err(e) = running.join_serving(Duration::from_millis(700)) {
+        error!(%e, "a serving thread failed");
+        return ExitCode::from(1);
+    }
     info!("stopped");
     ExitCode::SUCCESS
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::limits::IP_TABLE_CAPACITY;
+use crate::obs::stats::GuardStats;
 
 const WINDOW_MS: u64 = 60_000;
 
@@ -51,10 +52,10 @@ pub enum Refusal {
 }
 
 #[derive(Default)]
-pub struct GuardCounters {
-    pub rejected_rate: AtomicU64,
-    pub rejected_per_ip: AtomicU64,
-    pub evictions: AtomicU64,
+struct GuardCounters {
+    rejected_rate: AtomicU64,
+    rejected_per_ip: AtomicU64,
+    evictions: AtomicU64,
 }
 
 pub struct IpGuard {
@@ -62,7 +63,7 @@ pub struct IpGuard {
     epoch: Instant,
     max_sessions: u32,
     connects_per_minute: u64,
-    pub counters: GuardCounters,
+    counters: GuardCounters,
 }
 
 impl IpGuard {
@@ -161,6 +162,15 @@ impl IpGuard {
     }
 
     /// Client IPs currently tracked.
+    pub fn stats(&self) -> GuardStats {
+        GuardStats {
+            tracked_ips: self.tracked(),
+            rejected_rate: self.counters.rejected_rate.load(Ordering::Relaxed),
+            rejected_per_ip: self.counters.rejected_per_ip.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn tracked(&self) -> usize {
         self.table.lock().map(|t| t.len()).unwrap_or(0)
     }
@@ -217,7 +227,7 @@ mod tests {
         assert!(g.on_connect_at(ip(1), t1).is_err());
         // Two minutes of silence forget everything.
         assert!(g.on_connect_at(ip(1), t0 + 3 * WINDOW_MS).is_ok());
-        assert_eq!(g.counters.rejected_rate.load(Ordering::Relaxed), 2);
+        assert_eq!(g.stats().rejected_rate, 2);
     }
 
     #[test]
@@ -239,7 +249,7 @@ mod tests {
             assert!(g.on_connect_at(ip(n), WINDOW_MS + n as u64).is_ok());
         }
         assert_eq!(g.tracked(), IP_TABLE_CAPACITY);
-        assert_eq!(g.counters.evictions.load(Ordering::Relaxed), 10);
+        assert_eq!(g.stats().evictions, 10);
         // The entry with a live session was never evicted: its count is still there.
         let t = g.table.lock().unwrap();
         assert_eq!(t.get(&ip(0)).map(|e| e.active), Some(1));

@@ -11,7 +11,8 @@ use tracing::warn;
 
 use super::jpeg;
 use super::{now_us, Camera, FrameSource, Pacer, SourceError, StreamInfo};
-use crate::limits::{MAX_DIR_FILES, MAX_JPEG_BYTES};
+use crate::limits::MAX_DIR_FILES;
+use crate::pool::MAX_JPEG_BYTES;
 
 pub struct DirSource {
     path: PathBuf,
@@ -124,9 +125,7 @@ impl FrameSource for DirSource {
         };
         let captured = now_us();
         let read = read_into(path, slot.jpeg_buf());
-        cam.counters
-            .captured
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cam.count_captured();
         let why = match read {
             Ok(Some(n)) => match jpeg::check(&slot.jpeg_buf()[..n]) {
                 Ok(info) => {
@@ -142,10 +141,7 @@ impl FrameSource for DirSource {
                 Err(e) => e.to_string(),
             },
             Ok(None) => {
-                cam.pool
-                    .counters
-                    .oversize
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cam.pool.count_oversize();
                 format!("larger than a pool slot ({MAX_JPEG_BYTES} bytes)")
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::capture::spec::SourceSpec;
-use crate::capture::v4l2::V4l2Options;
+pub mod spec;
+
 use crate::limits::{
     MAX_CAMERAS, MAX_CAMERA_NAME, MAX_EVENT_SUBSCRIBERS, MAX_LISTENERS, MAX_SERVING_THREADS,
     MAX_SESSIONS,
 };
+
+use spec::SourceSpec;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/beltcam/beltcam.toml";
@@ -213,6 +215,40 @@ pub struct CameraSettings {
     pub v4l2: V4l2Options,
 }
 
+/// Tunables of a V4L2 camera (config keys `buffers` and `encode_workers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4l2Options {
+    /// MMAP buffers requested from the driver (it may grant another number). Default 4.
+    pub buffers: u32,
+    /// Encode worker threads for raw formats. Default 2.
+    pub workers: usize,
+}
+
+impl V4l2Options {
+    /// Checks the ranges (for the config's validation): the reason names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(2..=32).contains(&self.buffers) {
+            return Err(("buffers", format!("must be 2..=32 (got {})", self.buffers)));
+        }
+        if !(1..=8).contains(&self.workers) {
+            return Err((
+                "encode_workers",
+                format!("must be 1..=8 (got {})", self.workers),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for V4l2Options {
+    fn default() -> Self {
+        V4l2Options {
+            buffers: 4,
+            workers: 2,
+        }
+    }
+}
+
 impl Config {
     /// Reads and parses a TOML file; `None` with no `--config` and no default file means defaults.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -385,7 +421,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config/beltcam.example.toml");
+        let text = include_str!("../../config/beltcam.example.toml");
         let s = Config::parse(text).unwrap().validate().unwrap();
         assert!(!s.cameras.is_empty());
     }

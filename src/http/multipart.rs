@@ -18,17 +18,18 @@ pub const PART_TRAILER: &[u8] = b"\r\n--boundarydonotcross\r\n";
 
 /// The response head of a stream, including the first boundary line.
 pub fn stream_head() -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\n\
-         Content-Type: multipart/x-mixed-replace;boundary={BOUNDARY}\r\n\
-         Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n\
-         Pragma: no-cache\r\n\
-         Expires: Mon, 3 Jan 2000 12:34:56 GMT\r\n\
-         Access-Control-Allow-Origin: *\r\n\
-         Connection: close\r\n\
-         \r\n\
-         --{BOUNDARY}\r\n"
-    )
+    let mut h = super::response::head(
+        200,
+        &format!("multipart/x-mixed-replace;boundary={BOUNDARY}"),
+        None,
+        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\n",
+        "no-store, no-cache, must-revalidate, max-age=0",
+        true,
+    );
+    h.push_str("--");
+    h.push_str(BOUNDARY);
+    h.push_str("\r\n");
+    h
 }
 
 /// Seconds since the epoch with microseconds, as ustreamer's `X-Timestamp` has it.

@@ -5,16 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::{pollout_now, run_thread, Acceptor, Conn};
-use crate::app::App;
-use crate::health::Heartbeat;
+use super::{pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
 use crate::pool::LeaseBuf;
 
 pub struct UringConn {
@@ -86,12 +83,17 @@ impl Acceptor for UringAcceptor {
     }
 }
 
-pub fn serve(app: Arc<App>, listeners: Vec<std::net::TcpListener>, heartbeat: Arc<Heartbeat>) {
-    tokio_uring::builder().entries(1024).start(async move {
-        let acceptors = listeners
+pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
+    // `Runtime::new` rather than `builder().start()`, which panics when the ring cannot be set up
+    // (RLIMIT_MEMLOCK on kernels before 5.12, a seccomp filter applied after the probe).
+    let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
+    rt.block_on(async move {
+        let acceptors = t
+            .listeners
             .into_iter()
             .map(|l| UringAcceptor(TcpListener::from_std(l)))
             .collect();
-        run_thread(app, acceptors, heartbeat).await;
+        run_thread(acceptors, t.shutdown, t.heartbeat, t.handler, t.started).await;
     });
+    Ok(())
 }

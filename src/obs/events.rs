@@ -1,57 +1,134 @@
-//! Server-Sent Events: camera state changes, sessions opening and closing, and per-second stats.
+//! The event bus: camera state changes, sessions opening and closing, and per-second stats, as typed
+//! events rendered to Server-Sent Events bytes once, when emitted (never once per subscriber).
 //!
 //! One bounded ring (tokio's broadcast channel) holds the last `EVENT_BACKLOG` events; every
 //! subscriber reads it at its own pace. One that falls behind loses the oldest events and is told
-//! how many in an `overflow` event: a slow dashboard can never slow capture, a session, or another
-//! subscriber, and memory does not grow with it.
+//! how many: a slow dashboard can never slow capture, a session, or another subscriber, and memory
+//! does not grow with it. The HTTP side (`serve::sse`) only copies the rendered bytes out.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::app::App;
+use super::stats::{CameraState, EventStats, StreamInfo};
 use crate::limits::EVENT_BACKLOG;
-use crate::net::Conn;
 
-/// A comment line this often keeps proxies and browsers from timing the stream out.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
-
-#[derive(Debug)]
-pub struct Event {
-    pub id: u64,
-    pub kind: &'static str,
-    /// The camera this event is about, for `?camera=NAME` rooms; `None` goes to everyone.
-    pub camera: Option<usize>,
-    pub data: String,
+/// What happened. Producers build these; the bus renders each once.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    CameraOnline {
+        camera: String,
+        info: StreamInfo,
+    },
+    CameraOffline {
+        camera: String,
+        reason: String,
+    },
+    SessionOpened {
+        id: u64,
+        peer: String,
+        camera: String,
+        endpoint: &'static str,
+    },
+    SessionClosed {
+        id: u64,
+        peer: String,
+        camera: String,
+        reason: &'static str,
+        frames_sent: u64,
+        frames_skipped: u64,
+        bytes_sent: u64,
+    },
+    Stats {
+        camera: String,
+        fps: f64,
+        clients: usize,
+        state: CameraState,
+    },
 }
 
 impl Event {
-    /// The event in SSE wire format.
-    pub fn render(&self) -> String {
-        format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            self.id, self.kind, self.data
-        )
+    /// The SSE `event:` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CameraOnline { .. } | Event::CameraOffline { .. } => "camera",
+            Event::SessionOpened { .. } | Event::SessionClosed { .. } => "session",
+            Event::Stats { .. } => "stats",
+        }
+    }
+
+    /// The SSE `data:` JSON.
+    pub fn data(&self) -> serde_json::Value {
+        match self {
+            Event::CameraOnline { camera, info } => json!({"camera": camera, "state": "online",
+                "format": info.format, "width": info.width, "height": info.height, "fps": info.fps,
+                "passthrough": info.passthrough}),
+            Event::CameraOffline { camera, reason } => {
+                json!({"camera": camera, "state": "offline", "reason": reason})
+            }
+            Event::SessionOpened {
+                id,
+                peer,
+                camera,
+                endpoint,
+            } => json!({"event": "opened", "id": id, "peer": peer, "camera": camera,
+                "endpoint": endpoint}),
+            Event::SessionClosed {
+                id,
+                peer,
+                camera,
+                reason,
+                frames_sent,
+                frames_skipped,
+                bytes_sent,
+            } => json!({"event": "closed", "id": id, "peer": peer, "camera": camera,
+                "reason": reason, "frames_sent": frames_sent, "frames_skipped": frames_skipped,
+                "bytes_sent": bytes_sent}),
+            Event::Stats {
+                camera,
+                fps,
+                clients,
+                state,
+            } => json!({"camera": camera, "fps": fps, "clients": clients, "state": state.as_str()}),
+        }
     }
 }
 
-pub struct Events {
-    tx: broadcast::Sender<Arc<Event>>,
+/// An event as subscribers get it: rendered once.
+#[derive(Debug)]
+pub struct Rendered {
+    pub id: u64,
+    /// The camera this event is about, for `?camera=NAME` rooms; `None` goes to everyone.
+    pub camera: Option<usize>,
+    /// The event in SSE wire format.
+    pub sse: Box<str>,
+}
+
+/// Renders an event in SSE wire format.
+pub fn render(id: u64, event: &Event) -> String {
+    format!("id: {id}\nevent: {}\ndata: {}\n\n", event.kind(), event.data())
+}
+
+/// The SSE `overflow` event telling a subscriber how many events it lost.
+pub fn render_overflow(lost: u64) -> String {
+    format!("event: overflow\ndata: {{\"lost\":{lost}}}\n\n")
+}
+
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<Rendered>>,
     next_id: AtomicU64,
     subscribers: Arc<AtomicUsize>,
     max_subscribers: usize,
-    pub emitted: AtomicU64,
-    /// Events lost by subscribers that fell behind, summed.
-    pub lost: AtomicU64,
-    pub rejected: AtomicU64,
+    emitted: AtomicU64,
+    lost: AtomicU64,
+    rejected: AtomicU64,
 }
 
-impl Events {
+impl EventBus {
     pub fn new(max_subscribers: usize) -> Self {
-        Events {
+        EventBus {
             tx: broadcast::channel(EVENT_BACKLOG).0,
             next_id: AtomicU64::new(1),
             subscribers: Arc::new(AtomicUsize::new(0)),
@@ -62,24 +139,16 @@ impl Events {
         }
     }
 
-    /// Publishes an event; never blocks (old events are overwritten when nobody reads).
-    pub fn emit(&self, kind: &'static str, camera: Option<usize>, data: Value) {
+    /// Publishes an event about `camera` (or everyone); never blocks (old events are overwritten
+    /// when nobody reads).
+    pub fn emit(&self, camera: Option<usize>, event: Event) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = data.to_string();
+        let sse = render(id, &event).into_boxed_str();
         self.emitted.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Arc::new(Event {
-            id,
-            kind,
-            camera,
-            data,
-        }));
+        let _ = self.tx.send(Arc::new(Rendered { id, camera, sse }));
     }
 
-    pub fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
-    }
-
-    /// A new subscription, or `None` when the subscriber limit is reached.
+    /// A new subscription, or `None` (counted) when the subscriber limit is reached.
     pub fn subscribe(&self) -> Option<Subscription> {
         let max = self.max_subscribers;
         if self
@@ -97,10 +166,24 @@ impl Events {
             count: Arc::clone(&self.subscribers),
         })
     }
+
+    /// Counts events a subscriber lost by falling behind.
+    pub fn count_lost(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> EventStats {
+        EventStats {
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            emitted: self.emitted.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
 }
 
 pub struct Subscription {
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Rendered>>,
     count: Arc<AtomicUsize>,
 }
 
@@ -112,7 +195,7 @@ impl Drop for Subscription {
 
 /// What a subscriber is sent next.
 pub enum Next {
-    Event(Arc<Event>),
+    Event(Arc<Rendered>),
     /// This many events were lost because the subscriber fell behind.
     Overflow(u64),
     Closed,
@@ -128,68 +211,27 @@ impl Subscription {
     }
 }
 
-const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-    Cache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\nX-Accel-Buffering: no\r\n\
-    Connection: close\r\n\r\nretry: 2000\n\n";
-
-/// Serves one `/events` subscriber until it goes away, falls silent past the send timeout, or
-/// the daemon stops. `camera` limits it to one camera's room (plus events about no camera).
-pub async fn serve<C: Conn>(app: &App, conn: &mut C, mut sub: Subscription, camera: Option<usize>) {
-    // A small send buffer: a subscriber that stops reading falls behind (and is told so) after a
-    // few KiB instead of after megabytes of autotuned buffer.
-    let fd = conn.raw_fd();
-    // SAFETY: the connection owns `fd` for the whole call.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let _ = socket2::SockRef::from(&borrowed).set_send_buffer_size(16 * 1024);
-    let mut shutdown = app.shutdown.subscribe();
-    let mut out = SSE_HEAD.as_bytes().to_vec();
-    loop {
-        let (res, buf) =
-            match tokio::time::timeout(app.settings.send_timeout, conn.write_all(out)).await {
-                Ok(r) => r,
-                Err(_) => return,
-            };
-        if res.is_err() {
-            return;
-        }
-        out = buf;
-        out.clear();
-        let next = tokio::select! {
-            n = sub.next() => n,
-            _ = tokio::time::sleep(HEARTBEAT) => {
-                out.extend_from_slice(b": heartbeat\n\n");
-                continue;
-            }
-            _ = crate::shutdown::triggered(&mut shutdown) => return,
-        };
-        match next {
-            Next::Event(e) if camera.is_none() || e.camera.is_none() || e.camera == camera => {
-                out.extend_from_slice(e.render().as_bytes());
-            }
-            Next::Event(_) => continue,
-            Next::Overflow(n) => {
-                app.events.lost.fetch_add(n, Ordering::Relaxed);
-                out.extend_from_slice(
-                    format!("event: overflow\ndata: {{\"lost\":{n}}}\n\n").as_bytes(),
-                );
-            }
-            Next::Closed => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn stats_event(i: u64) -> Event {
+        Event::Stats {
+            camera: format!("c{i}"),
+            fps: 1.0,
+            clients: 0,
+            state: CameraState::Online,
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn slow_subscriber_is_told_what_it_lost() {
-        let ev = Events::new(2);
+        let ev = EventBus::new(2);
         let mut fast = ev.subscribe().unwrap();
         let mut slow = ev.subscribe().unwrap();
         assert!(ev.subscribe().is_none(), "subscriber limit");
         for i in 0..(EVENT_BACKLOG as u64 + 10) {
-            ev.emit("stats", None, serde_json::json!({ "i": i }));
+            ev.emit(None, stats_event(i));
             if let Next::Event(e) = fast.next().await {
                 assert_eq!(e.id, i + 1);
             } else {
@@ -205,20 +247,23 @@ mod tests {
             _ => panic!("expected an event"),
         }
         drop(fast);
-        assert_eq!(ev.subscribers(), 1);
+        assert_eq!(ev.stats().subscribers, 1);
+        assert_eq!(ev.stats().rejected, 1);
     }
 
     #[test]
     fn renders_sse_wire_format() {
-        let e = Event {
-            id: 7,
-            kind: "camera",
-            camera: Some(0),
-            data: "{\"state\":\"online\"}".into(),
+        let e = Event::CameraOffline {
+            camera: "front".into(),
+            reason: "gone".into(),
         };
         assert_eq!(
-            e.render(),
-            "id: 7\nevent: camera\ndata: {\"state\":\"online\"}\n\n"
+            render(7, &e),
+            "id: 7\nevent: camera\ndata: {\"camera\":\"front\",\"reason\":\"gone\",\"state\":\"offline\"}\n\n"
+        );
+        assert_eq!(
+            render_overflow(3),
+            "event: overflow\ndata: {\"lost\":3}\n\n"
         );
     }
 }

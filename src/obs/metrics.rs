@@ -1,54 +1,30 @@
-//! `/metrics`: Prometheus text exposition (version 0.0.4). Base units, `_total` counters, a `camera`
-//! label on per-camera series, and every name prefixed `beltcam_`.
+//! `/metrics`: Prometheus text exposition (version 0.0.4), rendered from a [`Snapshot`]. Base
+//! units, `_total` counters (integers, never computed in floating point, so they cannot step
+//! backwards), a `camera` label on per-camera series, and every name prefixed `beltcam_`.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use crate::app::App;
-use crate::capture::CameraState;
-use crate::stats;
+use super::histogram::{HistogramStats, LATENCY_BUCKETS};
+use super::stats::{CameraState, CameraView, Snapshot};
 
-/// Upper bounds (seconds) of the request latency histogram's buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-];
-
-/// A fixed-bucket histogram updated with atomics (no lock on the request path).
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
+/// A sample value: counters and gauges of counts are integers; rates and seconds are floats.
+#[derive(Clone, Copy)]
+enum V {
+    I(u64),
+    F(f64),
 }
 
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+impl std::fmt::Display for V {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            V::I(n) => write!(f, "{n}"),
+            V::F(x) => write!(f, "{x}"),
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
 
 /// Writes one metric family: HELP, TYPE and its samples (`labels` without braces, may be empty).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, V)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, v) in samples {
         if labels.is_empty() {
@@ -59,193 +35,112 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-fn load(a: &AtomicU64) -> f64 {
-    a.load(Ordering::Relaxed) as f64
+fn one(v: V) -> [(String, V); 1] {
+    [(String::new(), v)]
 }
 
-pub fn render(app: &App) -> String {
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramStats) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (b, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    let count = h.count.max(cumulative);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let sum = h.sum_ns as f64 / 1e9;
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+}
+
+pub fn render(snap: &Snapshot) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    let cams = &app.cameras;
-    let label = |i: usize| format!("camera=\"{}\"", cams[i].name);
-    let per_cam = |f: &dyn Fn(usize) -> f64| -> Vec<(String, f64)> {
-        (0..cams.len()).map(|i| (label(i), f(i))).collect()
+    let per_cam = |f: &dyn Fn(&CameraView) -> V| -> Vec<(String, V)> {
+        snap.cameras
+            .iter()
+            .map(|c| (format!("camera=\"{}\"", c.name), f(c)))
+            .collect()
     };
-    family(
-        &mut out,
-        "beltcam_frames_captured_total",
-        "counter",
-        "Frames delivered by the camera.",
-        &per_cam(&|i| load(&cams[i].counters.captured)),
-    );
-    family(
-        &mut out,
-        "beltcam_frames_published_total",
-        "counter",
-        "Real frames published to viewers.",
-        &per_cam(&|i| {
-            load(&cams[i].pool.counters.published) - load(&cams[i].counters.placeholders)
-        }),
-    );
-    family(
-        &mut out,
-        "beltcam_frames_dropped_total",
-        "counter",
+    let o = &mut out;
+    family(o, "beltcam_frames_captured_total", "counter", "Frames delivered by the camera.",
+        &per_cam(&|c| V::I(c.counts.captured)));
+    family(o, "beltcam_frames_published_total", "counter", "Real frames published to viewers.",
+        &per_cam(&|c| V::I(c.counts.published)));
+    family(o, "beltcam_frames_dropped_total", "counter",
         "Frames lost (invalid, no free slot, encode failure).",
-        &per_cam(&|i| load(&cams[i].counters.dropped)),
-    );
-    family(
-        &mut out,
-        "beltcam_frames_invalid_total",
-        "counter",
-        "Frames that were not valid JPEGs.",
-        &per_cam(&|i| load(&cams[i].counters.invalid)),
-    );
-    family(
-        &mut out,
-        "beltcam_frames_oversize_total",
-        "counter",
-        "Frames larger than a pool slot.",
-        &per_cam(&|i| load(&cams[i].pool.counters.oversize)),
-    );
-    family(
-        &mut out,
-        "beltcam_placeholder_frames_total",
-        "counter",
+        &per_cam(&|c| V::I(c.counts.dropped)));
+    family(o, "beltcam_frames_invalid_total", "counter", "Frames that were not valid JPEGs.",
+        &per_cam(&|c| V::I(c.counts.invalid)));
+    family(o, "beltcam_frames_oversize_total", "counter", "Frames larger than a pool slot.",
+        &per_cam(&|c| V::I(c.pool.oversize)));
+    family(o, "beltcam_placeholder_frames_total", "counter",
         "NO SIGNAL frames published while offline.",
-        &per_cam(&|i| load(&cams[i].counters.placeholders)),
-    );
-    family(
-        &mut out,
-        "beltcam_camera_fps",
-        "gauge",
-        "Real frames published per second.",
-        &per_cam(&|i| load(&cams[i].counters.fps_milli) / 1000.0),
-    );
-    family(
-        &mut out,
-        "beltcam_camera_online",
-        "gauge",
+        &per_cam(&|c| V::I(c.counts.placeholders)));
+    family(o, "beltcam_camera_fps", "gauge", "Real frames published per second.",
+        &per_cam(&|c| V::F(c.counts.fps)));
+    family(o, "beltcam_camera_online", "gauge",
         "1 when the camera delivers frames, 0 when offline or starting.",
-        &per_cam(&|i| (cams[i].state() == CameraState::Online) as u8 as f64),
-    );
-    let clients = app.sessions.clients_per_camera(cams.len());
-    family(
-        &mut out,
-        "beltcam_camera_clients",
-        "gauge",
-        "Stream sessions per camera.",
-        &per_cam(&|i| clients[i] as f64),
-    );
-    family(
-        &mut out,
-        "beltcam_sessions_active",
-        "gauge",
-        "Stream sessions open.",
-        &[(String::new(), app.sessions.active() as f64)],
-    );
-    family(
-        &mut out,
-        "beltcam_sessions_capacity",
-        "gauge",
-        "Stream sessions the table admits.",
-        &[(String::new(), app.sessions.capacity() as f64)],
-    );
-    let c = &app.counters;
-    let g = &app.guard.counters;
-    family(
-        &mut out,
-        "beltcam_sessions_rejected_total",
-        "counter",
-        "Clients refused, by reason.",
-        &[
-            ("reason=\"full\"".into(), load(&app.sessions.rejected_full)),
-            ("reason=\"per_ip\"".into(), load(&g.rejected_per_ip)),
-            ("reason=\"rate\"".into(), load(&g.rejected_rate)),
-            ("reason=\"auth\"".into(), load(&c.rejected_auth)),
-            ("reason=\"pending\"".into(), load(&c.pending_rejected)),
-            ("reason=\"events_full\"".into(), load(&app.events.rejected)),
-        ],
-    );
-    family(
-        &mut out,
-        "beltcam_connections_accepted_total",
-        "counter",
-        "TCP connections accepted.",
-        &[(String::new(), load(&c.accepted))],
-    );
-    family(
-        &mut out,
-        "beltcam_http_errors_total",
-        "counter",
-        "Error responses, by status code.",
-        &[
-            ("code=\"400\"".into(), load(&c.bad_request)),
-            ("code=\"404\"".into(), load(&c.not_found)),
-            ("code=\"405\"".into(), load(&c.method_not_allowed)),
-            ("code=\"408\"".into(), load(&c.request_timeouts)),
-            ("code=\"431\"".into(), load(&c.too_large)),
-        ],
-    );
-    family(
-        &mut out,
-        "beltcam_send_timeouts_total",
-        "counter",
-        "Sessions ended because a send stalled.",
-        &[(String::new(), load(&c.send_timeouts))],
-    );
-    family(
-        &mut out,
-        "beltcam_bytes_sent_total",
-        "counter",
-        "Bytes written to clients.",
-        &[(String::new(), load(&c.bytes_sent))],
-    );
-    family(
-        &mut out,
-        "beltcam_events_lost_total",
-        "counter",
-        "Events lost by subscribers that fell behind.",
-        &[(String::new(), load(&app.events.lost))],
-    );
-    app.latency.render(
-        &mut out,
-        "beltcam_http_request_duration_seconds",
+        &per_cam(&|c| V::I((c.state == CameraState::Online) as u64)));
+    family(o, "beltcam_camera_clients", "gauge", "Stream sessions per camera.",
+        &per_cam(&|c| V::I(c.clients as u64)));
+    let (s, c, g) = (&snap.sessions, &snap.server, &snap.guard);
+    family(o, "beltcam_sessions_active", "gauge", "Stream sessions open.",
+        &one(V::I(s.active as u64)));
+    family(o, "beltcam_sessions_capacity", "gauge", "Stream sessions the table admits.",
+        &one(V::I(s.capacity as u64)));
+    let reasons = [
+        ("full", s.rejected_full),
+        ("per_ip", g.rejected_per_ip),
+        ("rate", g.rejected_rate),
+        ("auth", c.rejected_auth),
+        ("pending", c.pending_rejected),
+        ("events_full", snap.events.rejected),
+    ];
+    let reasons: Vec<_> = reasons
+        .iter()
+        .map(|(r, n)| (format!("reason=\"{r}\""), V::I(*n)))
+        .collect();
+    family(o, "beltcam_sessions_rejected_total", "counter", "Clients refused, by reason.", &reasons);
+    family(o, "beltcam_connections_accepted_total", "counter", "TCP connections accepted.",
+        &one(V::I(c.accepted)));
+    let codes = [
+        ("400", c.bad_request),
+        ("404", c.not_found),
+        ("405", c.method_not_allowed),
+        ("408", c.request_timeouts),
+        ("431", c.too_large),
+    ];
+    let codes: Vec<_> = codes
+        .iter()
+        .map(|(code, n)| (format!("code=\"{code}\""), V::I(*n)))
+        .collect();
+    family(o, "beltcam_http_errors_total", "counter", "Error responses, by status code.", &codes);
+    family(o, "beltcam_send_timeouts_total", "counter", "Sessions ended because a send stalled.",
+        &one(V::I(c.send_timeouts)));
+    family(o, "beltcam_bytes_sent_total", "counter", "Bytes written to clients.",
+        &one(V::I(c.bytes_sent)));
+    family(o, "beltcam_events_lost_total", "counter",
+        "Events lost by subscribers that fell behind.", &one(V::I(snap.events.lost)));
+    histogram(o, "beltcam_http_request_duration_seconds",
         "Time from a complete request head to the response written (streams excluded).",
-    );
-    family(
-        &mut out,
-        "beltcam_process_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-        &[(String::new(), stats::rss_bytes() as f64)],
-    );
-    family(
-        &mut out,
-        "beltcam_process_open_fds",
-        "gauge",
-        "Open file descriptors.",
-        &[(String::new(), stats::open_fds() as f64)],
-    );
-    family(
-        &mut out,
-        "beltcam_uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        &[(String::new(), app.health.uptime().as_secs_f64())],
-    );
-    family(
-        &mut out,
-        "beltcam_io_backend_info",
-        "gauge",
-        "The io backend in use.",
-        &[(format!("backend=\"{}\"", app.backend.as_str()), 1.0)],
-    );
+        &snap.latency);
+    family(o, "beltcam_process_resident_memory_bytes", "gauge", "Resident set size.",
+        &one(V::I(snap.process.rss_bytes)));
+    family(o, "beltcam_process_open_fds", "gauge", "Open file descriptors.",
+        &one(V::I(snap.process.open_fds)));
+    family(o, "beltcam_uptime_seconds", "gauge", "Seconds since start.",
+        &one(V::F(snap.uptime.as_secs_f64())));
+    family(o, "beltcam_io_backend_info", "gauge", "The io backend in use.",
+        &[(format!("backend=\"{}\"", snap.backend), V::I(1))]);
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::obs::histogram::Histogram;
+    use crate::obs::render::tests::golden_snapshot;
 
     #[test]
     fn histogram_is_cumulative() {
@@ -254,7 +149,7 @@ mod tests {
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(5));
         let mut s = String::new();
-        h.render(&mut s, "x", "help");
+        histogram(&mut s, "x", "help", &h.stats());
         assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"0.005\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{le=\"1\"} 2\n"), "{s}");
@@ -262,5 +157,32 @@ mod tests {
             s.contains("x_bucket{le=\"+Inf\"} 3\nx_sum 5.00305\nx_count 3\n"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn golden_metrics_lines() {
+        let text = render(&golden_snapshot());
+        for line in [
+            "# TYPE beltcam_frames_published_total counter",
+            "beltcam_frames_published_total{camera=\"front\"} 10",
+            "beltcam_frames_published_total{camera=\"back\"} 0",
+            "beltcam_camera_fps{camera=\"front\"} 29.5",
+            "beltcam_camera_online{camera=\"back\"} 0",
+            "beltcam_camera_clients{camera=\"front\"} 3",
+            "beltcam_sessions_rejected_total{reason=\"full\"} 4",
+            "beltcam_sessions_rejected_total{reason=\"rate\"} 5",
+            "beltcam_http_errors_total{code=\"400\"} 2",
+            "beltcam_bytes_sent_total 123456",
+            "beltcam_http_request_duration_seconds_bucket{le=\"+Inf\"} 0",
+            "beltcam_process_resident_memory_bytes 7340032",
+            "beltcam_uptime_seconds 61.5",
+            "beltcam_io_backend_info{backend=\"io_uring\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Every family has HELP and TYPE, and every sample line belongs to the family above it.
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP ")).count());
+        assert_eq!(families, 22);
     }
 }

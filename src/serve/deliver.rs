@@ -5,24 +5,24 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
-use crate::app::{App, ServerCounters};
+use super::respond::{refuse, send};
+use super::{Count, Server};
 use crate::capture::now_us;
 use crate::http::multipart;
 use crate::http::response::{snapshot_head, Response};
 use crate::net::{self, Conn};
+use crate::obs::events::Event;
 use crate::pool::LeaseBuf;
-use crate::server::{refuse, send};
 use crate::shutdown::triggered;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
 pub async fn snapshot<C: Conn>(
-    app: &App,
+    app: &Server,
     conn: &mut C,
     cam_idx: usize,
     head_only: bool,
@@ -77,9 +77,7 @@ pub async fn snapshot<C: Conn>(
     .await
     {
         Ok(Ok(())) => {
-            app.counters
-                .bytes_sent
-                .fetch_add(m.jpeg_len() as u64, Ordering::Relaxed);
+            app.count_bytes(m.jpeg_len());
             true
         }
         _ => false,
@@ -99,7 +97,7 @@ impl Drop for ShutdownOnDrop {
 
 /// A stream session: one frame at a time, always the newest, only once the socket has drained.
 pub async fn stream<C: Conn>(
-    app: &Arc<App>,
+    app: &Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
     cam_idx: usize,
@@ -131,10 +129,13 @@ pub async fn stream<C: Conn>(
         }
     };
     app.events.emit(
-        "session",
         Some(cam_idx),
-        serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "endpoint": "stream"}),
+        Event::SessionOpened {
+            id: session.id,
+            peer: peer.to_string(),
+            camera: cam.name.clone(),
+            endpoint: "stream",
+        },
     );
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
     let typical = cam
@@ -173,34 +174,31 @@ pub async fn stream<C: Conn>(
         };
         match res {
             Err(_) => {
-                ServerCounters::bump(&app.counters.send_timeouts);
+                app.count(Count::SendTimeout);
                 break "send timeout";
             }
             Ok(Err(_)) => break "client gone",
             Ok(Ok(None)) => {}
             Ok(Ok(Some((seq, n)))) => {
-                if last != 0 && seq > last + 1 {
-                    counters
-                        .skipped
-                        .fetch_add(seq - last - 1, Ordering::Relaxed);
-                }
+                let skipped = if last != 0 { seq.saturating_sub(last + 1) } else { 0 };
                 last = seq;
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                app.counters
-                    .bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                counters.record_frame(n, skipped);
+                app.count_bytes(n);
             }
         }
     };
-    let frames_sent = counters.frames.load(Ordering::Relaxed);
+    let (frames_sent, bytes_sent, frames_skipped) = counters.totals();
     debug!(session = session.id, %peer, reason, frames_sent, "session closed");
     app.events.emit(
-        "session",
         Some(cam_idx),
-        serde_json::json!({"event": "closed", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "reason": reason, "frames_sent": frames_sent,
-            "frames_skipped": counters.skipped.load(Ordering::Relaxed),
-            "bytes_sent": counters.bytes.load(Ordering::Relaxed)}),
+        Event::SessionClosed {
+            id: session.id,
+            peer: peer.to_string(),
+            camera: cam.name.clone(),
+            reason,
+            frames_sent,
+            frames_skipped,
+            bytes_sent,
+        },
     );
 }
