@@ -177,7 +177,10 @@ pub fn start(
             Ok(Err(e)) => e.to_string(),
             _ => "a serving thread stopped".into(),
         };
-        return Err(format!("cannot start the {} runtime: {why}", backend.as_str()));
+        return Err(format!(
+            "cannot start the {} runtime: {why}",
+            backend.as_str()
+        ));
     }
     let addrs: Vec<String> = listeners
         .iter()

@@ -27,10 +27,11 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
         return false;
     };
+    #[allow(clippy::useless_conversion)] // st_dev and st_ino are u32 on some 32-bit targets
     match nix::sys::stat::fstat(2) {
         Ok(st) => {
-            dev.parse::<u64>().ok() == Some(st.st_dev as u64)
-                && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+            dev.parse::<u64>().ok() == Some(u64::from(st.st_dev))
+                && ino.parse::<u64>().ok() == Some(u64::from(st.st_ino))
         }
         Err(_) => false,
     }

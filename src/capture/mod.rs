@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use crate::config::spec::SourceSpec;
 use crate::obs::events::{Event, EventBus};
 use crate::obs::health::Heartbeat;
-pub use crate::obs::stats::{CameraState, StreamInfo};
 use crate::obs::stats::{CameraCounts, CameraView};
+pub use crate::obs::stats::{CameraState, StreamInfo};
 use crate::pool::{FramePool, SlotWriter};
 use crate::shutdown::Shutdown;
 

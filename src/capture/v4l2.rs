@@ -20,13 +20,12 @@ use tracing::{debug, info, warn};
 use super::convert::{RawEncoder, RawFormat};
 use super::workers::{self, Dispatch, EncodePool, Job};
 use super::{dht, now_us, Camera, FrameSource, SourceError, StreamInfo};
-pub use negotiate::offers;
 use ioctl::{DeviceFd, PixFormat};
+pub use negotiate::offers;
 use negotiate::{fourcc_str, Request};
 use stream::{Dequeued, MmapStream};
 
 pub use crate::config::V4l2Options;
-
 
 /// How long one `capture` call keeps going before it returns to `run_capture` (fps, heartbeat).
 const WINDOW: Duration = Duration::from_millis(500);

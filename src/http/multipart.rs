@@ -16,22 +16,6 @@ pub const BOUNDARY: &str = "boundarydonotcross";
 /// Ends every part: the CRLF that closes the JPEG and the next part's boundary line.
 pub const PART_TRAILER: &[u8] = b"\r\n--boundarydonotcross\r\n";
 
-/// The response head of a stream, including the first boundary line.
-pub fn stream_head() -> String {
-    let mut h = super::response::head(
-        200,
-        &format!("multipart/x-mixed-replace;boundary={BOUNDARY}"),
-        None,
-        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\n",
-        "no-store, no-cache, must-revalidate, max-age=0",
-        true,
-    );
-    h.push_str("--");
-    h.push_str(BOUNDARY);
-    h.push_str("\r\n");
-    h
-}
-
 /// Seconds since the epoch with microseconds, as ustreamer's `X-Timestamp` has it.
 pub struct Timestamp(pub u64);
 
@@ -75,7 +59,7 @@ mod tests {
 
     #[test]
     fn head_ends_with_first_boundary() {
-        let h = stream_head();
+        let h = crate::http::response::stream_head();
         assert!(h.ends_with("\r\n\r\n--boundarydonotcross\r\n"));
         assert!(h.contains(&format!("boundary={BOUNDARY}")));
         assert!(PART_TRAILER.ends_with(format!("--{BOUNDARY}\r\n").as_bytes()));

@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use super::multipart::{Timestamp, BOUNDARY};
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -118,9 +120,25 @@ impl Response {
 pub fn snapshot_head(jpeg_len: usize, timestamp_us: u64, seq: u64, close: bool) -> Vec<u8> {
     let extra = format!(
         "X-Timestamp: {}\r\nX-Frame: {seq}\r\n",
-        super::multipart::Timestamp(timestamp_us)
+        Timestamp(timestamp_us)
     );
     head(200, "image/jpeg", Some(jpeg_len), &extra, NO_STORE, close).into_bytes()
+}
+
+/// The response head of a stream, including the first boundary line.
+pub fn stream_head() -> String {
+    let mut h = head(
+        200,
+        &format!("multipart/x-mixed-replace;boundary={BOUNDARY}"),
+        None,
+        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\n",
+        "no-store, no-cache, must-revalidate, max-age=0",
+        true,
+    );
+    h.push_str("--");
+    h.push_str(BOUNDARY);
+    h.push_str("\r\n");
+    h
 }
 
 #[cfg(test)]

@@ -108,7 +108,11 @@ pub struct Rendered {
 
 /// Renders an event in SSE wire format.
 pub fn render(id: u64, event: &Event) -> String {
-    format!("id: {id}\nevent: {}\ndata: {}\n\n", event.kind(), event.data())
+    format!(
+        "id: {id}\nevent: {}\ndata: {}\n\n",
+        event.kind(),
+        event.data()
+    )
 }
 
 /// The SSE `overflow` event telling a subscriber how many events it lost.

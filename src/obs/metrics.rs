@@ -61,32 +61,84 @@ pub fn render(snap: &Snapshot) -> String {
             .collect()
     };
     let o = &mut out;
-    family(o, "beltcam_frames_captured_total", "counter", "Frames delivered by the camera.",
-        &per_cam(&|c| V::I(c.counts.captured)));
-    family(o, "beltcam_frames_published_total", "counter", "Real frames published to viewers.",
-        &per_cam(&|c| V::I(c.counts.published)));
-    family(o, "beltcam_frames_dropped_total", "counter",
+    family(
+        o,
+        "beltcam_frames_captured_total",
+        "counter",
+        "Frames delivered by the camera.",
+        &per_cam(&|c| V::I(c.counts.captured)),
+    );
+    family(
+        o,
+        "beltcam_frames_published_total",
+        "counter",
+        "Real frames published to viewers.",
+        &per_cam(&|c| V::I(c.counts.published)),
+    );
+    family(
+        o,
+        "beltcam_frames_dropped_total",
+        "counter",
         "Frames lost (invalid, no free slot, encode failure).",
-        &per_cam(&|c| V::I(c.counts.dropped)));
-    family(o, "beltcam_frames_invalid_total", "counter", "Frames that were not valid JPEGs.",
-        &per_cam(&|c| V::I(c.counts.invalid)));
-    family(o, "beltcam_frames_oversize_total", "counter", "Frames larger than a pool slot.",
-        &per_cam(&|c| V::I(c.pool.oversize)));
-    family(o, "beltcam_placeholder_frames_total", "counter",
+        &per_cam(&|c| V::I(c.counts.dropped)),
+    );
+    family(
+        o,
+        "beltcam_frames_invalid_total",
+        "counter",
+        "Frames that were not valid JPEGs.",
+        &per_cam(&|c| V::I(c.counts.invalid)),
+    );
+    family(
+        o,
+        "beltcam_frames_oversize_total",
+        "counter",
+        "Frames larger than a pool slot.",
+        &per_cam(&|c| V::I(c.pool.oversize)),
+    );
+    family(
+        o,
+        "beltcam_placeholder_frames_total",
+        "counter",
         "NO SIGNAL frames published while offline.",
-        &per_cam(&|c| V::I(c.counts.placeholders)));
-    family(o, "beltcam_camera_fps", "gauge", "Real frames published per second.",
-        &per_cam(&|c| V::F(c.counts.fps)));
-    family(o, "beltcam_camera_online", "gauge",
+        &per_cam(&|c| V::I(c.counts.placeholders)),
+    );
+    family(
+        o,
+        "beltcam_camera_fps",
+        "gauge",
+        "Real frames published per second.",
+        &per_cam(&|c| V::F(c.counts.fps)),
+    );
+    family(
+        o,
+        "beltcam_camera_online",
+        "gauge",
         "1 when the camera delivers frames, 0 when offline or starting.",
-        &per_cam(&|c| V::I((c.state == CameraState::Online) as u64)));
-    family(o, "beltcam_camera_clients", "gauge", "Stream sessions per camera.",
-        &per_cam(&|c| V::I(c.clients as u64)));
+        &per_cam(&|c| V::I((c.state == CameraState::Online) as u64)),
+    );
+    family(
+        o,
+        "beltcam_camera_clients",
+        "gauge",
+        "Stream sessions per camera.",
+        &per_cam(&|c| V::I(c.clients as u64)),
+    );
     let (s, c, g) = (&snap.sessions, &snap.server, &snap.guard);
-    family(o, "beltcam_sessions_active", "gauge", "Stream sessions open.",
-        &one(V::I(s.active as u64)));
-    family(o, "beltcam_sessions_capacity", "gauge", "Stream sessions the table admits.",
-        &one(V::I(s.capacity as u64)));
+    family(
+        o,
+        "beltcam_sessions_active",
+        "gauge",
+        "Stream sessions open.",
+        &one(V::I(s.active as u64)),
+    );
+    family(
+        o,
+        "beltcam_sessions_capacity",
+        "gauge",
+        "Stream sessions the table admits.",
+        &one(V::I(s.capacity as u64)),
+    );
     let reasons = [
         ("full", s.rejected_full),
         ("per_ip", g.rejected_per_ip),
@@ -99,9 +151,20 @@ pub fn render(snap: &Snapshot) -> String {
         .iter()
         .map(|(r, n)| (format!("reason=\"{r}\""), V::I(*n)))
         .collect();
-    family(o, "beltcam_sessions_rejected_total", "counter", "Clients refused, by reason.", &reasons);
-    family(o, "beltcam_connections_accepted_total", "counter", "TCP connections accepted.",
-        &one(V::I(c.accepted)));
+    family(
+        o,
+        "beltcam_sessions_rejected_total",
+        "counter",
+        "Clients refused, by reason.",
+        &reasons,
+    );
+    family(
+        o,
+        "beltcam_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        &one(V::I(c.accepted)),
+    );
     let codes = [
         ("400", c.bad_request),
         ("404", c.not_found),
@@ -113,24 +176,68 @@ pub fn render(snap: &Snapshot) -> String {
         .iter()
         .map(|(code, n)| (format!("code=\"{code}\""), V::I(*n)))
         .collect();
-    family(o, "beltcam_http_errors_total", "counter", "Error responses, by status code.", &codes);
-    family(o, "beltcam_send_timeouts_total", "counter", "Sessions ended because a send stalled.",
-        &one(V::I(c.send_timeouts)));
-    family(o, "beltcam_bytes_sent_total", "counter", "Bytes written to clients.",
-        &one(V::I(c.bytes_sent)));
-    family(o, "beltcam_events_lost_total", "counter",
-        "Events lost by subscribers that fell behind.", &one(V::I(snap.events.lost)));
-    histogram(o, "beltcam_http_request_duration_seconds",
+    family(
+        o,
+        "beltcam_http_errors_total",
+        "counter",
+        "Error responses, by status code.",
+        &codes,
+    );
+    family(
+        o,
+        "beltcam_send_timeouts_total",
+        "counter",
+        "Sessions ended because a send stalled.",
+        &one(V::I(c.send_timeouts)),
+    );
+    family(
+        o,
+        "beltcam_bytes_sent_total",
+        "counter",
+        "Bytes written to clients.",
+        &one(V::I(c.bytes_sent)),
+    );
+    family(
+        o,
+        "beltcam_events_lost_total",
+        "counter",
+        "Events lost by subscribers that fell behind.",
+        &one(V::I(snap.events.lost)),
+    );
+    histogram(
+        o,
+        "beltcam_http_request_duration_seconds",
         "Time from a complete request head to the response written (streams excluded).",
-        &snap.latency);
-    family(o, "beltcam_process_resident_memory_bytes", "gauge", "Resident set size.",
-        &one(V::I(snap.process.rss_bytes)));
-    family(o, "beltcam_process_open_fds", "gauge", "Open file descriptors.",
-        &one(V::I(snap.process.open_fds)));
-    family(o, "beltcam_uptime_seconds", "gauge", "Seconds since start.",
-        &one(V::F(snap.uptime.as_secs_f64())));
-    family(o, "beltcam_io_backend_info", "gauge", "The io backend in use.",
-        &[(format!("backend=\"{}\"", snap.backend), V::I(1))]);
+        &snap.latency,
+    );
+    family(
+        o,
+        "beltcam_process_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+        &one(V::I(snap.process.rss_bytes)),
+    );
+    family(
+        o,
+        "beltcam_process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        &one(V::I(snap.process.open_fds)),
+    );
+    family(
+        o,
+        "beltcam_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        &one(V::F(snap.uptime.as_secs_f64())),
+    );
+    family(
+        o,
+        "beltcam_io_backend_info",
+        "gauge",
+        "The io backend in use.",
+        &[(format!("backend=\"{}\"", snap.backend), V::I(1))],
+    );
     out
 }
 
@@ -178,11 +285,17 @@ mod tests {
             "beltcam_uptime_seconds 61.5",
             "beltcam_io_backend_info{backend=\"io_uring\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // Every family has HELP and TYPE, and every sample line belongs to the family above it.
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, text.lines().filter(|l| l.starts_with("# HELP ")).count());
+        assert_eq!(
+            families,
+            text.lines().filter(|l| l.starts_with("# HELP ")).count()
+        );
         assert_eq!(families, 22);
     }
 }

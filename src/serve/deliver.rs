@@ -13,8 +13,7 @@ use tracing::debug;
 use super::respond::{refuse, send};
 use super::{Count, Server};
 use crate::capture::now_us;
-use crate::http::multipart;
-use crate::http::response::{snapshot_head, Response};
+use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
 use crate::obs::events::Event;
 use crate::pool::LeaseBuf;
@@ -105,7 +104,7 @@ pub async fn stream<C: Conn>(
 ) {
     let cam = &app.cameras[cam_idx];
     if head_only {
-        send(app, &mut conn, multipart::stream_head().into_bytes()).await;
+        send(app, &mut conn, stream_head().into_bytes()).await;
         return;
     }
     // Declared first so it drops last: the session leaves the table (and its IP place is given
@@ -143,7 +142,7 @@ pub async fn stream<C: Conn>(
         .lease_newest()
         .map_or(256 * 1024, |l| l.meta().jpeg_len());
     net::tune_for_stream(conn.raw_fd(), typical);
-    if !send(app, &mut conn, multipart::stream_head().into_bytes()).await {
+    if !send(app, &mut conn, stream_head().into_bytes()).await {
         return;
     }
     let counters = &session.counters;
@@ -180,7 +179,11 @@ pub async fn stream<C: Conn>(
             Ok(Err(_)) => break "client gone",
             Ok(Ok(None)) => {}
             Ok(Ok(Some((seq, n)))) => {
-                let skipped = if last != 0 { seq.saturating_sub(last + 1) } else { 0 };
+                let skipped = if last != 0 {
+                    seq.saturating_sub(last + 1)
+                } else {
+                    0
+                };
                 last = seq;
                 counters.record_frame(n, skipped);
                 app.count_bytes(n);

@@ -22,19 +22,12 @@ use crate::limits::MAX_PENDING_CONNECTIONS;
 use crate::net::{Conn, Handler};
 
 impl Handler for Server {
-    fn serve<C: Conn + 'static>(
-        self: Arc<Self>,
-        conn: C,
-        peer: SocketAddr,
-    ) -> impl std::future::Future<Output = ()> + 'static {
-        async move {
-            self.count(Count::Accepted);
-            let Some(pending) = PendingGuard::try_new(&self.pending, MAX_PENDING_CONNECTIONS)
-            else {
-                self.count(Count::PendingRejected);
-                return; // dropping `conn` closes it
-            };
-            conn::handle(self, conn, peer, pending).await;
-        }
+    async fn serve<C: Conn + 'static>(self: Arc<Self>, conn: C, peer: SocketAddr) {
+        self.count(Count::Accepted);
+        let Some(pending) = PendingGuard::try_new(&self.pending, MAX_PENDING_CONNECTIONS) else {
+            self.count(Count::PendingRejected);
+            return; // dropping `conn` closes it
+        };
+        conn::handle(self, conn, peer, pending).await;
     }
 }

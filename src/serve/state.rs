@@ -15,8 +15,8 @@ use crate::net::Backend;
 use crate::obs::events::EventBus;
 use crate::obs::health::Health;
 use crate::obs::histogram::Histogram;
-use crate::obs::stats::{ProcessStats, ServerCounts, Snapshot};
 use crate::obs::process;
+use crate::obs::stats::{ProcessStats, ServerCounts, Snapshot};
 use crate::shutdown::Shutdown;
 
 /// Server-wide counters (monotonic), private to this module: bumped through [`Server::count`],

@@ -15,7 +15,6 @@ use v4l::v4l2;
 use v4l::v4l2::vidioc;
 use v4l::v4l_sys::*;
 
-
 /// An open V4L2 node (non-blocking, so VIDIOC_DQBUF returns EAGAIN instead of waiting).
 pub struct DeviceFd {
     fd: OwnedFd,
@@ -249,4 +248,3 @@ impl DeviceFd {
         Ok((t.numerator != 0 && t.denominator != 0).then_some((t.numerator, t.denominator)))
     }
 }
-
