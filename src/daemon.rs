@@ -102,6 +102,9 @@ pub fn start(
         );
         passed
     };
+    for l in &listeners {
+        shutdown.register_listener(std::os::fd::AsRawFd::as_raw_fd(l));
+    }
     let health = Arc::new(Health::new());
     let events = Arc::new(EventBus::new(settings.max_event_subscribers));
     let mut cameras = Vec::new();

@@ -4,6 +4,7 @@
 //! in an arbitrary thread and the async runtimes need no signal driver. Everything that waits also
 //! watches `Shutdown`, so a stop is noticed within one wait.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub struct Shutdown {
+    /// Listening sockets to close first when exiting at once (the second signal).
+    listeners: Mutex<Vec<RawFd>>,
     flag: AtomicBool,
     tx: watch::Sender<bool>,
     lock: Mutex<bool>,
@@ -28,6 +31,7 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         Shutdown {
+            listeners: Mutex::new(Vec::new()),
             flag: AtomicBool::new(false),
             tx: watch::channel(false).0,
             lock: Mutex::new(false),
@@ -42,6 +46,26 @@ impl Shutdown {
             *g = true;
             self.cv.notify_all();
         }
+    }
+
+    /// Remembers a listening socket to shut down before an immediate exit.
+    pub fn register_listener(&self, fd: RawFd) {
+        if let Ok(mut l) = self.listeners.lock() {
+            l.push(fd);
+        }
+    }
+
+    /// Exits the process now, listening sockets first: shutting them down frees the port at once,
+    /// so a restart right after binds it (the io_uring instance that holds them is torn down
+    /// asynchronously after exit, and would otherwise keep the port a moment longer).
+    pub fn exit_now(&self, code: i32) -> ! {
+        if let Ok(l) = self.listeners.lock() {
+            for &fd in l.iter() {
+                // SAFETY: plain syscall; the process exits right after.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        }
+        std::process::exit(code)
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -97,7 +121,7 @@ pub fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
                     shutdown.trigger();
                 } else {
                     warn!(signal = %sig, "second signal: exiting now");
-                    std::process::exit(128 + sig as i32);
+                    shutdown.exit_now(128 + sig as i32);
                 }
             }
         })

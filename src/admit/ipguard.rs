@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::limits::IP_TABLE_CAPACITY;
+use crate::limits::{IP_TABLE_CAPACITY, MAX_EVENT_SUBSCRIBERS_PER_IP};
 use crate::obs::stats::GuardStats;
 
 const WINDOW_MS: u64 = 60_000;
@@ -18,6 +18,8 @@ const WINDOW_MS: u64 = 60_000;
 #[derive(Clone, Copy, Debug, Default)]
 struct IpEntry {
     active: u32,
+    /// `/events` subscribers from this address.
+    events: u32,
     minute: u64,
     current: u32,
     previous: u32,
@@ -47,7 +49,7 @@ impl IpEntry {
 pub enum Refusal {
     /// Too many new connections in the last minute; retry after this many seconds.
     Rate { retry_after_s: u64 },
-    /// Too many concurrent sessions from this IP.
+    /// Too many concurrent sessions (or event subscriptions) from this IP.
     PerIp,
 }
 
@@ -94,7 +96,7 @@ impl IpGuard {
         if !table.contains_key(&ip) && table.len() == table.capacity() {
             let oldest = table
                 .iter()
-                .filter(|(_, e)| e.active == 0)
+                .filter(|(_, e)| e.active == 0 && e.events == 0)
                 .min_by_key(|(_, e)| e.last_seen_ms)
                 .map(|(k, _)| *k)?;
             table.remove(&oldest);
@@ -139,12 +141,22 @@ impl IpGuard {
 
     /// Admits one more session from `ip`; the guard gives the place back when dropped.
     pub fn open_session(self: &Arc<Self>, ip: IpAddr) -> Result<IpSession, Refusal> {
-        let max = self.max_sessions;
+        self.open(ip, Place::Stream, self.max_sessions)
+    }
+
+    /// Admits one more `/events` subscriber from `ip` (at most `MAX_EVENT_SUBSCRIBERS_PER_IP`),
+    /// so one address cannot take every dashboard's place.
+    pub fn open_events(self: &Arc<Self>, ip: IpAddr) -> Result<IpSession, Refusal> {
+        self.open(ip, Place::Events, MAX_EVENT_SUBSCRIBERS_PER_IP as u32)
+    }
+
+    fn open(self: &Arc<Self>, ip: IpAddr, place: Place, max: u32) -> Result<IpSession, Refusal> {
         let ok = self.with_entry(ip, self.now_ms(), |e| {
-            if e.active >= max {
+            let n = place.count(e);
+            if *n >= max {
                 false
             } else {
-                e.active += 1;
+                *n += 1;
                 true
             }
         });
@@ -157,6 +169,7 @@ impl IpGuard {
         Ok(IpSession {
             guard: Arc::clone(self),
             ip: ip.to_canonical(),
+            place,
             counted: ok.is_some(),
         })
     }
@@ -177,9 +190,27 @@ impl IpGuard {
 }
 
 /// One session's place in its IP's count.
+/// What a per-address place is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Stream,
+    Events,
+}
+
+impl Place {
+    fn count(self, e: &mut IpEntry) -> &mut u32 {
+        match self {
+            Place::Stream => &mut e.active,
+            Place::Events => &mut e.events,
+        }
+    }
+}
+
+/// A per-address place (a stream or an event subscription); dropping it gives the place back.
 pub struct IpSession {
     guard: Arc<IpGuard>,
     ip: IpAddr,
+    place: Place,
     counted: bool,
 }
 
@@ -190,7 +221,8 @@ impl Drop for IpSession {
         }
         if let Ok(mut t) = self.guard.table.lock() {
             if let Some(e) = t.get_mut(&self.ip) {
-                e.active = e.active.saturating_sub(1);
+                let n = self.place.count(e);
+                *n = n.saturating_sub(1);
             }
         }
     }
@@ -264,5 +296,21 @@ mod tests {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let _s = g.open_session(v4).unwrap();
         assert!(g.open_session(mapped).is_err());
+    }
+
+    #[test]
+    fn event_places_are_capped_per_address() {
+        let g = Arc::new(IpGuard::new(8, 1000));
+        let held: Vec<_> = (0..MAX_EVENT_SUBSCRIBERS_PER_IP)
+            .map(|_| g.open_events(ip(3)).unwrap())
+            .collect();
+        assert_eq!(g.open_events(ip(3)).err(), Some(Refusal::PerIp));
+        assert!(
+            g.open_events(ip(4)).is_ok(),
+            "another address is not affected"
+        );
+        assert!(g.open_session(ip(3)).is_ok(), "streams are counted apart");
+        drop(held);
+        assert!(g.open_events(ip(3)).is_ok());
     }
 }

@@ -13,6 +13,12 @@ use crate::pool::LeaseBuf;
 
 pub struct EpollConn(TcpStream);
 
+impl EpollConn {
+    pub fn new(stream: TcpStream) -> Self {
+        EpollConn(stream)
+    }
+}
+
 impl Conn for EpollConn {
     async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let len = buf.len();
@@ -62,6 +68,12 @@ impl Conn for EpollConn {
 }
 
 pub struct EpollAcceptor(TcpListener);
+
+impl EpollAcceptor {
+    pub fn new(listener: TcpListener) -> Self {
+        EpollAcceptor(listener)
+    }
+}
 
 impl Acceptor for EpollAcceptor {
     type Conn = EpollConn;

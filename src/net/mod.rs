@@ -112,6 +112,12 @@ pub fn pollout_now(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Shuts the write side of a socket: the peer reads what was sent, then EOF.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall on an fd the caller's connection owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
 /// Socket options for a streaming session: a send buffer that holds a whole frame (the kernel
 /// doubles the value) and a low not-sent mark, so "writable" means "drained".
 pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
@@ -165,8 +171,35 @@ pub fn serve<H: Handler>(backend: Backend, thread: ServeThread<H>) -> io::Result
     }
 }
 
+/// How long `bind` retries an address that is still in use.
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds a listening socket the way every backend wants it: SO_REUSEADDR, non-blocking, deep backlog.
+///
+/// A killed predecessor's listening socket can outlive it briefly (an io_uring instance tears down
+/// asynchronously after the process is gone, holding its files), so EADDRINUSE is retried for up
+/// to `BIND_RETRY`, logged once, before start-up fails: systemd's restart 100 ms after a crash
+/// must not fail on it.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let mut logged = false;
+    loop {
+        match bind_once(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    warn!(%addr, "address in use (a previous instance may still be closing); retrying for up to 2 s");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn bind_once(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;

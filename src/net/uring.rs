@@ -64,7 +64,24 @@ impl Conn for UringConn {
     }
 }
 
+/// Dropping the connection shuts the socket down first: an io_uring read or write still in flight
+/// (a request-head read whose deadline passed, a frame write given up on) then completes at once
+/// and releases its buffer and the fd, instead of whenever the peer next sends or reads. Without
+/// this, every timed-out silent connection kept its fd until the peer went away.
+impl Drop for UringConn {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on the fd `stream` still owns (fields drop after this).
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+    }
+}
+
 pub struct UringAcceptor(TcpListener);
+
+impl UringAcceptor {
+    pub fn new(listener: std::net::TcpListener) -> Self {
+        UringAcceptor(TcpListener::from_std(listener))
+    }
+}
 
 impl Acceptor for UringAcceptor {
     type Conn = UringConn;
@@ -88,11 +105,7 @@ pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
     // (RLIMIT_MEMLOCK on kernels before 5.12, a seccomp filter applied after the probe).
     let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
     rt.block_on(async move {
-        let acceptors = t
-            .listeners
-            .into_iter()
-            .map(|l| UringAcceptor(TcpListener::from_std(l)))
-            .collect();
+        let acceptors = t.listeners.into_iter().map(UringAcceptor::new).collect();
         run_thread(acceptors, t.shutdown, t.heartbeat, t.handler, t.started).await;
     });
     Ok(())

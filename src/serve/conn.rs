@@ -13,7 +13,7 @@ use super::respond::{refuse, send};
 use super::{admin, deliver, page, sse, Count, Server};
 use crate::admit::auth::Denied;
 use crate::admit::ipguard::Refusal;
-use crate::admit::pending::PendingGuard;
+use crate::admit::pending::PendingPlace;
 use crate::http::request::{self, Method, ParseError, Request};
 use crate::http::response::Response;
 use crate::http::routes::{route, Route, RouteError};
@@ -38,7 +38,7 @@ pub async fn handle<C: Conn>(
     app: Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
-    pending: PendingGuard,
+    pending: PendingPlace,
 ) {
     if let Err(Refusal::Rate { retry_after_s }) = app.guard.on_connect(peer.ip()) {
         let r = Response::error(429, "too many connections from this address")
@@ -55,7 +55,11 @@ pub async fn handle<C: Conn>(
         } else {
             app.settings.keepalive_timeout
         };
-        let (outcome, back) = read_request(&mut conn, buf, limit, &mut shutdown).await;
+        // Between keep-alive requests the connection is idle: the first to go when the pending
+        // table is full (see `admit::pending`).
+        pending.set_idle(!first);
+        let (outcome, back) = read_request(&mut conn, buf, limit, &mut shutdown, &pending).await;
+        pending.set_idle(false);
         let req = match outcome {
             ReadOutcome::Request(r) => r,
             ReadOutcome::Gone => return,
@@ -101,7 +105,7 @@ pub async fn handle<C: Conn>(
             }
             Ok((Route::Events, None)) => {
                 drop(pending); // the subscriber limit bounds it from here
-                sse::route(&app, &mut conn, &req).await;
+                sse::route(&app, &mut conn, &req, peer).await;
                 return;
             }
             Ok((Route::Snapshot(cam), None)) => {
@@ -165,6 +169,7 @@ async fn read_request<C: Conn>(
     mut buf: Vec<u8>,
     limit: Duration,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    pending: &PendingPlace,
 ) -> (ReadOutcome, Option<Vec<u8>>) {
     let deadline = Instant::now() + limit;
     loop {
@@ -177,6 +182,7 @@ async fn read_request<C: Conn>(
         let read = tokio::select! {
             r = timeout_at(deadline, conn.read(buf)) => r,
             _ = triggered(shutdown) => return (ReadOutcome::Gone, None),
+            _ = pending.evicted() => return (ReadOutcome::Gone, None),
         };
         match read {
             Err(_) if was_empty => return (ReadOutcome::Idle, None),

@@ -17,17 +17,20 @@ use std::sync::Arc;
 
 pub use state::{Count, Server};
 
-use crate::admit::pending::PendingGuard;
-use crate::limits::MAX_PENDING_CONNECTIONS;
+use crate::http::response::Response;
 use crate::net::{Conn, Handler};
 
 impl Handler for Server {
-    async fn serve<C: Conn + 'static>(self: Arc<Self>, conn: C, peer: SocketAddr) {
+    async fn serve<C: Conn + 'static>(self: Arc<Self>, mut conn: C, peer: SocketAddr) {
         self.count(Count::Accepted);
-        let Some(pending) = PendingGuard::try_new(&self.pending, MAX_PENDING_CONNECTIONS) else {
-            self.count(Count::PendingRejected);
-            return; // dropping `conn` closes it
-        };
-        conn::handle(self, conn, peer, pending).await;
+        match self.pending.admit(peer.ip()) {
+            Ok(place) => conn::handle(self, conn, peer, place).await,
+            Err(full) => {
+                // Every place is held by a connection still sending its request: say so.
+                self.count(Count::PendingRejected);
+                let r = Response::error(503, &full.to_string()).header("Retry-After", 1);
+                respond::refuse(&self, &mut conn, r).await;
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `/events`: Server-Sent Events over HTTP. The bus (`obs::events`) renders each event once; this
 //! copies the bytes out to one subscriber, with a deadline on every write.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::respond::refuse;
@@ -13,8 +14,8 @@ use crate::obs::events::{render_overflow, Next, Subscription};
 /// A comment line this often keeps proxies and browsers from timing the stream out.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// `/events[?camera=NAME]`: a bounded number of subscribers.
-pub async fn route<C: Conn>(server: &Server, conn: &mut C, req: &Request) {
+/// `/events[?camera=NAME]`: a bounded number of subscribers, and a few per address.
+pub async fn route<C: Conn>(server: &Server, conn: &mut C, req: &Request, peer: SocketAddr) {
     let camera = match req.query_param("camera") {
         None => None,
         Some(name) => match server.camera_index(name) {
@@ -25,6 +26,15 @@ pub async fn route<C: Conn>(server: &Server, conn: &mut C, req: &Request) {
                 return;
             }
         },
+    };
+    let _ip_place = match server.guard.open_events(peer.ip()) {
+        Ok(p) => p,
+        Err(_) => {
+            let r = Response::error(429, "too many event streams from this address")
+                .header("Retry-After", 5);
+            refuse(server, conn, r).await;
+            return;
+        }
     };
     let Some(sub) = server.events.subscribe() else {
         let r = Response::error(503, "too many event subscribers").header("Retry-After", 5);

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use crate::admit::auth::Auth;
 use crate::admit::ipguard::IpGuard;
+use crate::admit::pending::PendingTable;
 use crate::admit::sessions::SessionTable;
 use crate::capture::Camera;
 use crate::config::Settings;
+use crate::limits::{MAX_IDLE_KEEPALIVE_PER_IP, MAX_PENDING_CONNECTIONS};
 use crate::net::Backend;
 use crate::obs::events::EventBus;
 use crate::obs::health::Health;
@@ -70,7 +72,9 @@ pub struct Server {
     /// Latency of non-stream requests.
     pub latency: Histogram,
     /// Connections accepted and not yet a session or finished.
-    pub pending: Arc<AtomicUsize>,
+    pub pending: Arc<PendingTable>,
+    /// Refused connections being closed gracefully right now (see `respond::refuse`).
+    pub lingering: AtomicUsize,
     counters: Counters,
 }
 
@@ -99,7 +103,11 @@ impl Server {
             health,
             shutdown,
             backend,
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: Arc::new(PendingTable::new(
+                MAX_PENDING_CONNECTIONS,
+                MAX_IDLE_KEEPALIVE_PER_IP,
+            )),
+            lingering: AtomicUsize::new(0),
             counters: Counters::default(),
         }
     }
@@ -136,7 +144,7 @@ impl Server {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServerCounts {
             accepted: l(&c.accepted),
-            pending: self.pending.load(Ordering::Relaxed) as u64,
+            pending: self.pending.len() as u64,
             pending_rejected: l(&c.pending_rejected),
             requests: l(&c.requests),
             bad_request: l(&c.bad_request),
