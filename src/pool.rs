@@ -10,11 +10,19 @@
 //! after it, so a streaming session sends one contiguous buffer per frame: one write, no copy.
 //!
 //! Concurrency: one `AtomicU32` per slot is both the writer's claim bit and the readers' count.
-//! - Writer: CAS `0 -> WRITER` (Acquire: all earlier readers' reads happen-before our writes), write
-//!   bytes and meta, store `seq` (Release), clear `WRITER` (Release), then raise `newest` (Release).
-//! - Reader: load `newest` (Acquire), `fetch_add(1)` on the slot (Acquire); if `WRITER` was set or the
-//!   slot's `seq` is not the one `newest` named, undo and retry. Otherwise the bytes are ours to read
-//!   until the lease drops (`fetch_sub`, Release), because the writer's CAS needs the count at 0.
+//! - Writer: CAS `0 -> WRITER` (Acquire: every earlier reader's reads happen-before our writes);
+//!   re-check the slot is not the newest frame; reset the slot's `seq` to 0; write bytes and meta;
+//!   store `seq`; raise `newest`; only then clear `WRITER` (Release). A writer that gives up (its
+//!   frame turned out older, the encode failed) just clears `WRITER`: its bytes sit under `seq` 0.
+//! - Reader: load `newest`, `fetch_add(1)` on the slot (Acquire); if `WRITER` was set or the slot's
+//!   `seq` is not the one `newest` named, undo and retry. Otherwise the bytes are ours to read
+//!   until the lease drops (`fetch_sub`, Release), because a writer's CAS needs the count at 0.
+//!
+//! Both orderings matter (issue 10 item 7). Clearing `WRITER` before raising `newest` let a second
+//! writer claim the slot about to become newest, scribble and abandon it, so readers leased bytes
+//! that were not the frame their seq named. Without the reset of `seq` at claim, a reader that read
+//! `newest` just before that frame was superseded could count itself into a slot claimed, scribbled
+//! and abandoned meanwhile, and find the old `seq` still there.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -149,6 +157,9 @@ impl FramePool {
             if self.newest_index() == Some(idx) {
                 continue;
             }
+            // Acquire, paired with the Release of the last lease's drop and of the previous
+            // writer's release: their reads and writes of the slot happen-before ours, so the slot
+            // is now ours alone until we release it.
             if slot
                 .refs
                 .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
@@ -156,12 +167,18 @@ impl FramePool {
             {
                 continue;
             }
-            // Another writer may have published into this slot between our look at `newest` and
-            // the claim; never overwrite the newest frame, readers would spin on it.
+            // A writer that published into this slot released it only after raising `newest`
+            // (see `publish`), and our CAS acquired that release: if the slot is the newest frame,
+            // this load says so. Never overwrite the newest frame.
+            race_window();
             if self.newest_index() == Some(idx) {
                 slot.refs.fetch_and(!WRITER, Ordering::Release);
                 continue;
             }
+            // The slot's old frame is no longer leasable: a reader that read `newest` before this
+            // frame was superseded, and counts itself in after we give the slot back unpublished,
+            // must not find its seq here. Relaxed: our release of the claim publishes it.
+            slot.seq.store(0, Ordering::Relaxed);
             return Some(SlotWriter { pool: self, idx });
         }
         self.counters.no_free_slot.fetch_add(1, Ordering::Relaxed);
@@ -183,10 +200,16 @@ impl FramePool {
             let (seq, idx) = (n >> 8, (n & 0xff) as usize);
             let slot = &self.slots[idx];
             race_window();
+            // Acquire, paired with the Release of the writer that last released the slot: what it
+            // wrote (bytes, meta, seq) is visible to us. Once counted, no writer can claim the slot
+            // until we let go.
             let prev = slot.refs.fetch_add(1, Ordering::Acquire);
-            if prev & WRITER == 0 && slot.seq.load(Ordering::Acquire) == seq {
-                // SAFETY: we hold a counted lease and no WRITER claim is set, so no writer can
-                // touch the slot until we release; the meta was written before `seq` was released.
+            // The slot must still hold the frame `newest` named: not claimed now (WRITER), not
+            // claimed since and given back or republished (a claim resets `seq`).
+            if prev & WRITER == 0 && slot.seq.load(Ordering::Relaxed) == seq {
+                // SAFETY: we hold a counted lease and no WRITER claim was set when we counted
+                // ourselves in, so no writer can touch the slot until we release; the meta was
+                // written before the claim's release that our Acquire above synchronised with.
                 let meta = unsafe { *slot.meta.get() };
                 return Some(Lease {
                     pool: Arc::clone(self),
@@ -269,18 +292,25 @@ impl SlotWriter<'_> {
                 jpeg_len: len as u32,
             };
         }
-        slot.seq.store(seq, Ordering::Release);
-        slot.refs.fetch_and(!WRITER, Ordering::Release);
-        race_window();
-        // The claim is released above; skip Drop's release.
-        std::mem::forget(self);
+        // Relaxed: readers see it through the release of the claim below.
+        slot.seq.store(seq, Ordering::Relaxed);
         let packed = (seq << 8) | idx as u64;
+        // Raise `newest` while still holding the claim. Released the other way round, another
+        // writer could claim this slot in between (it was not yet newest), scribble into it and
+        // abandon it, and readers would then lease those bytes under this frame's seq. Readers
+        // that see the new `newest` before the claim is released back off and retry.
         // Several writers (encode workers) may publish out of order: newest only moves forward.
         let _ = pool
             .newest
             .fetch_update(Ordering::Release, Ordering::Relaxed, |cur| {
                 (cur >> 8 < seq).then_some(packed)
             });
+        race_window();
+        // Release, paired with the Acquire of a reader's count and of the next writer's claim:
+        // the bytes, meta and seq written above (and `newest`) are theirs to see from now on.
+        slot.refs.fetch_and(!WRITER, Ordering::Release);
+        // The claim is released above; skip Drop's release.
+        std::mem::forget(self);
         pool.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
@@ -288,6 +318,8 @@ impl SlotWriter<'_> {
 
 impl Drop for SlotWriter<'_> {
     fn drop(&mut self) {
+        // An abandoned claim: the bytes may be scribbled, but `seq` is 0 since the claim, so no
+        // reader takes them for a frame. Release: our writes happen-before the next claimer's.
         self.pool.slots[self.idx]
             .refs
             .fetch_and(!WRITER, Ordering::Release);
@@ -329,6 +361,8 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // Release, paired with the next writer's claim (Acquire): our reads of the bytes
+        // happen-before its writes.
         self.pool.slots[self.idx]
             .refs
             .fetch_sub(1, Ordering::Release);
@@ -561,9 +595,6 @@ mod tests {
     /// that check every lease is the frame its meta names. Before the fix, `publish` cleared the
     /// writer bit before raising `newest`, and a reader could lease a slot claimed and abandoned
     /// after it read `newest`. Stops at the first bad lease; bounded in time otherwise.
-    // Fails on this commit's ordering (20 of 20 runs, in 0.05-3 s on 2 loaded cores); the next
-    // commit fixes the pool and runs it.
-    #[ignore = "fails until the publish/claim ordering fix (issue 10 item 7)"]
     #[test]
     fn abandoning_writers_never_corrupt_a_lease() {
         use std::sync::atomic::AtomicBool;
