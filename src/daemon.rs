@@ -202,7 +202,10 @@ impl Running {
     /// Supervises until shutdown is triggered. Each tick (1 s, or half the watchdog interval if
     /// shorter): feed the systemd watchdog if no thread is wedged; once a second: STATUS= and a
     /// `stats` event per camera.
-    pub fn supervise(&self) {
+    ///
+    /// On SIGHUP it calls `reload`, which re-reads and checks the configuration and says whether
+    /// it would apply (see `main`).
+    pub fn supervise(&self, reload: &dyn Fn()) {
         let server = &self.server;
         let watchdog = systemd::watchdog_interval();
         let tick = watchdog.map_or(Duration::from_secs(1), |w| {
@@ -231,6 +234,9 @@ impl Running {
             }
             if server.shutdown.wait_timeout(tick) {
                 break;
+            }
+            if server.shutdown.take_reload() {
+                reload();
             }
         }
         systemd::stopping();

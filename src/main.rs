@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use beltcam::admit::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
@@ -167,14 +167,14 @@ fn main() -> ExitCode {
         eprintln!("beltcam: {e}");
         return ExitCode::from(2);
     }
-    match cli.command {
+    match &cli.command {
         Some(Command::CheckConfig) => {
             info!(?settings, "configuration is valid");
             ExitCode::SUCCESS
         }
         Some(Command::Devices { json }) => {
             let devices = beltcam::capture::devices::list();
-            let out = if json {
+            let out = if *json {
                 serde_json::to_string_pretty(&devices).map(|j| j + "\n")
             } else {
                 Ok(beltcam::capture::devices::render_text(&devices))
@@ -190,11 +190,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Run) | None => run(settings, auth, passed),
+        Some(Command::Run) | None => run(&cli, settings, auth, passed),
     }
 }
 
-fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
+fn run(cli: &Cli, settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
     let shutdown = Arc::new(shutdown::Shutdown::new());
     if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
         error!(%e, "cannot start the signal thread");
@@ -207,7 +207,16 @@ fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> Ex
             return ExitCode::from(1);
         }
     };
-    running.supervise();
+    // SIGHUP: the file is re-read and checked with the same one-line errors as at start-up. Applying
+    // a changed configuration to the running daemon is not implemented yet: it says so.
+    let reload = || match load_settings(cli).and_then(|s| Auth::load(&s.auth).map(|_| s)) {
+        Ok(_) => warn!(
+            "reload: the configuration is valid; applying changes needs a restart \
+             (systemctl restart beltcam): live reload is not implemented yet"
+        ),
+        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+    };
+    running.supervise(&reload);
     // Graceful: sessions see shutdown at once; give serving threads a bounded moment to close
     // their sockets, then exit whatever is still in flight (the kernel closes the rest).
     if let Err(e) = running.join_serving(Duration::from_millis(700)) {

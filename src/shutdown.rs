@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub struct Shutdown {
+    /// Set by SIGHUP, taken by the supervisor.
+    reload: AtomicBool,
     /// Listening sockets to close first when exiting at once (the second signal).
     listeners: Mutex<Vec<RawFd>>,
     flag: AtomicBool,
@@ -31,6 +33,7 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         Shutdown {
+            reload: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             flag: AtomicBool::new(false),
             tx: watch::channel(false).0,
@@ -46,6 +49,16 @@ impl Shutdown {
             *g = true;
             self.cv.notify_all();
         }
+    }
+
+    /// Asks the supervisor to re-read the configuration (noticed within one supervision tick).
+    pub fn request_reload(&self) {
+        self.reload.store(true, Ordering::Release);
+    }
+
+    /// Whether a reload was requested since the last call.
+    pub fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::AcqRel)
     }
 
     /// Remembers a listening socket to shut down before an immediate exit.
@@ -93,15 +106,24 @@ pub async fn triggered(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|t| *t).await;
 }
 
+/// Signals whose default action would kill the daemon without a graceful stop (systemd counts a
+/// death by SIGHUP as a clean exit, so `Restart=on-failure` would not even bring it back): taken
+/// by the signal thread and ignored, logged once each.
+const IGNORED: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM];
+
 fn signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    for s in IGNORED {
+        set.add(s);
+    }
     set
 }
 
-/// Blocks SIGTERM/SIGINT in the calling thread, so every thread spawned after inherits the mask.
-/// Call first thing in `main`.
+/// Blocks the signals beltcam handles in the calling thread, so every thread spawned after
+/// inherits the mask. Call first thing in `main`.
 pub fn block_signals() -> nix::Result<()> {
     signals().thread_block()
 }
@@ -113,8 +135,21 @@ pub fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
         .spawn(move || {
             let set = signals();
             let mut seen = 0;
+            let mut logged = Vec::new();
             loop {
                 let Ok(sig) = set.wait() else { continue };
+                if sig == Signal::SIGHUP {
+                    info!("SIGHUP: re-reading the configuration");
+                    shutdown.request_reload();
+                    continue;
+                }
+                if IGNORED.contains(&sig) {
+                    if !logged.contains(&sig) {
+                        warn!(signal = %sig, "signal ignored (logged once)");
+                        logged.push(sig);
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     info!(signal = %sig, "shutting down (send again to exit at once)");

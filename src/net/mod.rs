@@ -128,6 +128,11 @@ pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
     if sock.send_buffer_size().map_or(true, |cur| cur < want * 2) {
         let _ = sock.set_send_buffer_size(want);
     }
+    set_notsent_lowat(fd);
+}
+
+/// TCP_NOTSENT_LOWAT at 32 KiB: "writable" (see [`pollout_now`]) then means "drained".
+pub fn set_notsent_lowat(fd: RawFd) {
     let lowat: libc::c_int = 32 * 1024;
     // SAFETY: setsockopt with a valid fd and an int option value.
     unsafe {

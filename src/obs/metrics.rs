@@ -98,6 +98,20 @@ pub fn render(snap: &Snapshot) -> String {
     );
     family(
         o,
+        "beltcam_frames_no_free_slot_total",
+        "counter",
+        "Frames dropped because every pool slot was leased or being written.",
+        &per_cam(&|c| V::I(c.pool.no_free_slot)),
+    );
+    family(
+        o,
+        "beltcam_pool_reclaimed_total",
+        "counter",
+        "Pool slots whose leases were revoked because the pool ran short.",
+        &per_cam(&|c| V::I(c.pool.reclaimed)),
+    );
+    family(
+        o,
         "beltcam_placeholder_frames_total",
         "counter",
         "NO SIGNAL frames published while offline.",
@@ -274,6 +288,7 @@ mod tests {
             "beltcam_frames_published_total{camera=\"front\"} 10",
             "beltcam_frames_published_total{camera=\"back\"} 0",
             "beltcam_camera_fps{camera=\"front\"} 29.5",
+            "beltcam_pool_reclaimed_total{camera=\"front\"} 1",
             "beltcam_camera_online{camera=\"back\"} 0",
             "beltcam_camera_clients{camera=\"front\"} 3",
             "beltcam_sessions_rejected_total{reason=\"full\"} 4",
@@ -296,6 +311,6 @@ mod tests {
             families,
             text.lines().filter(|l| l.starts_with("# HELP ")).count()
         );
-        assert_eq!(families, 22);
+        assert_eq!(families, 24);
     }
 }

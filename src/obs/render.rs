@@ -63,6 +63,7 @@ pub fn stats(snap: &Snapshot) -> Value {
                     "invalid": k.invalid,
                     "oversize": p.oversize,
                     "no_free_slot": p.no_free_slot,
+                    "reclaimed": p.reclaimed,
                     "placeholders": k.placeholders,
                     "fps": k.fps,
                 },
@@ -156,6 +157,7 @@ pub(crate) mod tests {
             published: 12,
             oversize: 1,
             no_free_slot: 2,
+            reclaimed: 1,
             leased: 3,
         };
         let front = CameraView {
@@ -256,7 +258,7 @@ pub(crate) mod tests {
         let body = stats(&golden_snapshot());
         assert_eq!(
             body.to_string(),
-            r#"{"bytes_sent":123456,"cameras":[{"clients":3,"format":"synthetic","frames":{"captured":11,"dropped":1,"fps":29.5,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":2,"published":10},"height":480,"last_frame_age_s":0.02,"leases":3,"name":"front","negotiated_fps":30.0,"passthrough":false,"reason":"","source":"synthetic:640x480@30","state":"online","width":640},{"clients":0,"format":"","frames":{"captured":0,"dropped":0,"fps":0.0,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":0,"published":0},"height":0,"last_frame_age_s":null,"leases":3,"name":"back","negotiated_fps":0.0,"passthrough":false,"reason":"device gone: ENODEV","source":"v4l2:/dev/video9","state":"offline","width":0}],"connections":{"accepted":20,"pending":1,"pending_rejected":0},"events":{"emitted":40,"lost":0,"subscribers":1},"guard":{"evictions":0,"rejected_auth":0,"rejected_per_ip":0,"rejected_rate":5,"tracked_ips":2},"io_backend":"io_uring","pool":{"bytes_per_camera":16777216,"slot_bytes":2097152,"slots":8},"process":{"open_fds":12,"rss_bytes":7340032,"threads":4},"requests":{"bad_request":2,"method_not_allowed":0,"not_found":0,"request_timeouts":0,"send_timeouts":0,"too_large":0,"total":15},"sessions":{"active":3,"capacity":1024,"opened":9,"rejected_full":4},"uptime_s":61.5}"#
+            r#"{"bytes_sent":123456,"cameras":[{"clients":3,"format":"synthetic","frames":{"captured":11,"dropped":1,"fps":29.5,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":2,"published":10,"reclaimed":1},"height":480,"last_frame_age_s":0.02,"leases":3,"name":"front","negotiated_fps":30.0,"passthrough":false,"reason":"","source":"synthetic:640x480@30","state":"online","width":640},{"clients":0,"format":"","frames":{"captured":0,"dropped":0,"fps":0.0,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":0,"published":0,"reclaimed":1},"height":0,"last_frame_age_s":null,"leases":3,"name":"back","negotiated_fps":0.0,"passthrough":false,"reason":"device gone: ENODEV","source":"v4l2:/dev/video9","state":"offline","width":0}],"connections":{"accepted":20,"pending":1,"pending_rejected":0},"events":{"emitted":40,"lost":0,"subscribers":1},"guard":{"evictions":0,"rejected_auth":0,"rejected_per_ip":0,"rejected_rate":5,"tracked_ips":2},"io_backend":"io_uring","pool":{"bytes_per_camera":16777216,"slot_bytes":2097152,"slots":8},"process":{"open_fds":12,"rss_bytes":7340032,"threads":4},"requests":{"bad_request":2,"method_not_allowed":0,"not_found":0,"request_timeouts":0,"send_timeouts":0,"too_large":0,"total":15},"sessions":{"active":3,"capacity":1024,"opened":9,"rejected_full":4},"uptime_s":61.5}"#
         );
     }
 

@@ -68,6 +68,8 @@ pub struct PoolStats {
     pub oversize: u64,
     /// Frames dropped because every slot was leased or being written.
     pub no_free_slot: u64,
+    /// Slots whose leases were revoked because the pool ran short (their holders were not reading).
+    pub reclaimed: u64,
     /// Leases held right now.
     pub leased: usize,
 }

@@ -20,6 +20,10 @@ use crate::pool::LeaseBuf;
 use crate::shutdown::triggered;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
+///
+/// The lease is taken only once the socket has drained (a pipelining client that stopped reading
+/// holds nothing), and the write that owns it also watches its revocation: when the pool runs short
+/// a client that is not reading loses the frame and its connection (see `pool`).
 pub async fn snapshot<C: Conn>(
     app: &Server,
     conn: &mut C,
@@ -30,6 +34,13 @@ pub async fn snapshot<C: Conn>(
     let cam = &app.cameras[cam_idx];
     let max_age = app.settings.snapshot_timeout;
     let deadline = Instant::now() + max_age;
+    net::set_notsent_lowat(conn.raw_fd());
+    if timeout(app.settings.send_timeout, conn.drained())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return false;
+    }
     let mut rx = cam.subscribe();
     let lease = loop {
         if let Some(l) = cam.pool.lease_newest() {
@@ -57,31 +68,29 @@ pub async fn snapshot<C: Conn>(
         return send(app, conn, r.render(head_only)).await;
     };
     let m = *lease.meta();
-    if !send(
-        app,
-        conn,
-        snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close),
-    )
-    .await
-    {
-        return false;
-    }
-    if head_only {
-        return true;
-    }
-    match timeout(
-        app.settings.send_timeout,
-        conn.write_lease(LeaseBuf::jpeg(lease)),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            app.count_bytes(m.jpeg_len());
-            true
+    let revocation = lease.revocation();
+    let head = snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close);
+    let head_len = head.len();
+    let write = async {
+        let (r, _) = conn.write_all(head).await;
+        r?;
+        if !head_only {
+            conn.write_lease(LeaseBuf::jpeg(lease)).await?;
         }
-        _ => false,
+        Ok::<_, io::Error>(())
+    };
+    let done = tokio::select! {
+        r = timeout(app.settings.send_timeout, write) => matches!(r, Ok(Ok(()))),
+        () = revocation.revoked() => false,
+    };
+    if done {
+        app.count_bytes(head_len + if head_only { 0 } else { m.jpeg_len() });
     }
+    done
 }
+
+/// The reason a session ends when the pool took its frame back.
+const REVOKED: &str = "not reading (frame reclaimed for capture)";
 
 /// Shuts the socket down when a session ends, so an io_uring write still in flight completes (with
 /// an error) and releases its lease and fd now rather than whenever the peer reads again.
@@ -163,7 +172,13 @@ pub async fn stream<C: Conn>(
                 return Ok::<_, io::Error>(None);
             };
             let (seq, n) = (lease.seq(), lease.part().len());
-            conn.write_lease(LeaseBuf::part(lease)).await?;
+            // Draining first keeps leases short for viewers that read; a peer that stopped
+            // reading mid-frame holds its lease until the pool runs short and revokes it.
+            let revocation = lease.revocation();
+            tokio::select! {
+                r = conn.write_lease(LeaseBuf::part(lease)) => r?,
+                () = revocation.revoked() => return Err(io::Error::other(REVOKED)),
+            }
             Ok(Some((seq, n)))
         });
         let res = tokio::select! {
@@ -176,6 +191,7 @@ pub async fn stream<C: Conn>(
                 app.count(Count::SendTimeout);
                 break "send timeout";
             }
+            Ok(Err(e)) if e.to_string() == REVOKED => break REVOKED,
             Ok(Err(_)) => break "client gone",
             Ok(Ok(None)) => {}
             Ok(Ok(Some((seq, n)))) => {
