@@ -232,7 +232,7 @@ pub fn get_from(src: &str, port: u16, path: &str) -> std::io::Result<(u16, Strin
     sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     parse_response(&out)
