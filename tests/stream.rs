@@ -40,7 +40,9 @@ fn check_parts(parts: &[Part], size: (usize, usize), window: Duration, who: &str
 }
 
 fn twenty_viewers_on_every_url(backend: &str) {
-    if !backend_available(backend) || emulated_skip("twenty_viewers_on_every_url") {
+    if !backend_available("twenty_viewers_on_every_url", backend)
+        || emulated_skip("twenty_viewers_on_every_url")
+    {
         return;
     }
     let _g = heavy();
@@ -90,7 +92,7 @@ fn twenty_viewers_on_every_url(backend: &str) {
 }
 
 fn snapshot_and_head(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("snapshot_and_head", backend) {
         return;
     }
     let d = Daemon::start(&["--io-backend", backend, "--source", "synthetic:320x240@15"]);
@@ -141,7 +143,9 @@ fn snapshot_and_head(backend: &str) {
 }
 
 fn stalled_viewer_does_not_slow_others(backend: &str) {
-    if !backend_available(backend) || emulated_skip("stalled_viewer_does_not_slow_others") {
+    if !backend_available("stalled_viewer_does_not_slow_others", backend)
+        || emulated_skip("stalled_viewer_does_not_slow_others")
+    {
         return;
     }
     let _g = heavy();
@@ -208,7 +212,7 @@ fn stalled_viewer_does_not_slow_others(backend: &str) {
 }
 
 fn full_table_is_503(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("full_table_is_503", backend) {
         return;
     }
     let d = Daemon::start(&[
@@ -237,7 +241,7 @@ fn full_table_is_503(backend: &str) {
 }
 
 fn bad_requests_get_clean_errors(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("bad_requests_get_clean_errors", backend) {
         return;
     }
     let d = Daemon::start(&[
@@ -292,7 +296,7 @@ fn bad_requests_get_clean_errors(backend: &str) {
 }
 
 fn sigterm_with_viewers_exits_within_a_second(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("sigterm_with_viewers_exits_within_a_second", backend) {
         return;
     }
     let mut d = Daemon::start(&["--io-backend", backend, "--source", "synthetic:320x240@30"]);
