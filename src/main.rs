@@ -19,6 +19,8 @@ use beltcam::{daemon, shutdown, systemd};
     version,
     about = "Bounded, zero-copy MJPEG streaming for V4L2 cameras"
 )]
+/// Every flag is global, so `beltcam check-config --source ...` checks what `beltcam --source ...`
+/// would run.
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -26,41 +28,41 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Address to listen on, repeatable; replaces server.listen.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     listen: Vec<String>,
     /// Camera source `[NAME=]SPEC`, repeatable; replaces the configured cameras.
     /// SPEC: synthetic[:WxH@FPS] | dir:PATH[@FPS] | v4l2:DEVICE[:WxH@FPS[:FORMAT]]
-    #[arg(long, value_name = "[NAME=]SPEC")]
+    #[arg(long, global = true, value_name = "[NAME=]SPEC")]
     source: Vec<String>,
     /// io backend: auto probes io_uring and falls back to epoll.
-    #[arg(long, value_enum)]
+    #[arg(long, global = true, value_enum)]
     io_backend: Option<IoBackendChoice>,
     /// Log level or tracing filter (error, warn, info, debug, trace).
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_level: Option<String>,
     /// Serving threads (0: one per core).
-    #[arg(long)]
+    #[arg(long, global = true)]
     threads: Option<usize>,
     /// Concurrent stream sessions (at most the compiled capacity).
-    #[arg(long)]
+    #[arg(long, global = true)]
     max_sessions: Option<usize>,
     /// Send timeout for one frame, in milliseconds.
-    #[arg(long)]
+    #[arg(long, global = true)]
     send_timeout_ms: Option<u64>,
     /// Deadline for a request head, in milliseconds.
-    #[arg(long)]
+    #[arg(long, global = true)]
     request_timeout_ms: Option<u64>,
     /// Concurrent stream sessions from one client IP.
-    #[arg(long)]
+    #[arg(long, global = true)]
     max_clients_per_ip: Option<usize>,
     /// New connections per minute from one client IP.
-    #[arg(long)]
+    #[arg(long, global = true)]
     connects_per_minute: Option<u32>,
     /// File holding the admin bearer token.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     admin_token_file: Option<PathBuf>,
     /// File of user:password lines required of viewers.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     viewers_file: Option<PathBuf>,
 }
 
@@ -131,10 +133,29 @@ fn apply_flags(cli: &Cli, cfg: &mut Config) {
     }
 }
 
-fn load_settings(cli: &Cli) -> Result<Settings, beltcam::config::ConfigError> {
+/// The configuration in effect (file, then flags) and its validated settings.
+fn load_settings(cli: &Cli) -> Result<(Config, Settings), beltcam::config::ConfigError> {
     let mut cfg = Config::load(cli.config.as_deref())?;
     apply_flags(cli, &mut cfg);
-    cfg.validate()
+    let settings = cfg.validate()?;
+    Ok((cfg, settings))
+}
+
+/// `check-config`'s output: the effective configuration as TOML (a valid config file), then the
+/// worst-case memory breakdown as TOML comments.
+fn render_check(cfg: &Config, settings: &Settings) -> Result<String, toml::ser::Error> {
+    let mut out = String::from("# beltcam: configuration is valid; effective settings:\n");
+    out += &toml::to_string(cfg)?;
+    let b = &settings.budget;
+    out += &format!(
+        "\n# worst-case memory: {} MiB of a {} MiB budget ([limits] memory_budget_mb)\n",
+        b.total_mib(),
+        settings.memory_budget_mb
+    );
+    for i in &b.items {
+        out += &format!("#   {:>9} KiB  {}\n", i.bytes.div_ceil(1024), i.what);
+    }
+    Ok(out)
 }
 
 #[allow(clippy::print_stderr)]
@@ -153,9 +174,9 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    let (settings, auth) = match load_settings(&cli).and_then(|s| {
+    let (cfg, settings, auth) = match load_settings(&cli).and_then(|(c, s)| {
         let auth = Auth::load(&s.auth)?;
-        Ok((s, auth))
+        Ok((c, s, auth))
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -169,8 +190,16 @@ fn main() -> ExitCode {
     }
     match &cli.command {
         Some(Command::CheckConfig) => {
-            info!(?settings, "configuration is valid");
-            ExitCode::SUCCESS
+            let written = render_check(&cfg, &settings)
+                .map_err(std::io::Error::other)
+                .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("beltcam: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some(Command::Devices { json }) => {
             let devices = beltcam::capture::devices::list();
@@ -195,6 +224,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
+    info!(
+        worst_case_mib = settings.budget.total_mib(),
+        budget_mib = settings.memory_budget_mb,
+        "memory: worst case of this configuration (check-config itemises it)"
+    );
     let shutdown = Arc::new(shutdown::Shutdown::new());
     if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
         error!(%e, "cannot start the signal thread");

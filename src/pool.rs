@@ -57,11 +57,11 @@ use tokio::sync::Notify;
 
 use crate::http::multipart;
 pub use crate::http::multipart::PART_TRAILER;
-use crate::limits::{PART_HEADER_MAX, POOL_SLOTS, SLOT_BYTES};
+pub use crate::limits::MAX_JPEG_BYTES;
+use crate::limits::{PART_HEADER_MAX, PART_TRAILER_LEN, POOL_SLOTS, SLOT_BYTES};
 use crate::obs::stats::PoolStats;
 
-/// Largest JPEG a slot can hold; a bigger frame is rejected and counted as `oversize`.
-pub const MAX_JPEG_BYTES: usize = SLOT_BYTES - PART_HEADER_MAX - PART_TRAILER.len();
+const _: () = assert!(PART_TRAILER.len() == PART_TRAILER_LEN);
 
 const WRITER: u32 = 1 << 31;
 /// How often a reader retries when the newest slot changes under it before giving up for now.

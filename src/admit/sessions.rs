@@ -298,4 +298,13 @@ mod tests {
         let ids: Vec<u64> = t.list().iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![a.id, b.id]);
     }
+
+    #[test]
+    fn memory_budget_covers_the_table() {
+        let per_entry = std::mem::size_of::<SessionTable>() / MAX_SESSIONS;
+        assert!(
+            per_entry as u64 <= crate::config::budget::SESSION_ENTRY_BYTES,
+            "an entry takes {per_entry} bytes: raise budget::SESSION_ENTRY_BYTES"
+        );
+    }
 }

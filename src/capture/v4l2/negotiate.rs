@@ -14,7 +14,7 @@ use super::ioctl::{DeviceFd, IntervalEnum, SizeEnum};
 use crate::capture::convert::{RawFormat, RAW_PREFERENCE};
 
 /// The size used when none is requested.
-pub const DEFAULT_SIZE: (u32, u32) = (1280, 720);
+pub const DEFAULT_SIZE: (u32, u32) = crate::config::spec::DEFAULT_V4L2_SIZE;
 
 /// Compressed formats that are JPEG frames and can be passed through. Some cameras say `JPEG`.
 pub const JPEG_FOURCCS: [[u8; 4]; 2] = [*b"MJPG", *b"JPEG"];
