@@ -13,6 +13,10 @@
 # Environment knobs:
 #   CROSS_TEST_PROFILE=release|dev  profile for the tests (default release: the test build then reuses
 #                                   the release build's dependencies, and emulated code runs ~5x faster)
+#   BELTCAM_VM_ARM64=1              also run the vivid VM test (tests/vm_vivid.rs) in the arm64 VM
+#                                   (qemu-system-aarch64, TCG; package qemu-system-arm) with this build,
+#                                   right after the build (also with --no-test). Off by default: see
+#                                   tests/vm/README.md for its cost.
 set -euo pipefail
 
 TARGET=aarch64-unknown-linux-gnu
@@ -50,6 +54,7 @@ command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null \
     || missing+=(libclang-dev)
 command -v cmake >/dev/null || missing+=(cmake)
+[ "${BELTCAM_VM_ARM64:-0}" = 1 ] && { command -v qemu-system-aarch64 >/dev/null || missing+=(qemu-system-arm); }
 binfmt_ok() { [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; }
 if [ "$run_tests" = 1 ]; then
     command -v qemu-aarch64 >/dev/null || command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user)
@@ -106,6 +111,15 @@ cargo build --locked --target "$TARGET" --release --workspace
 built=$(date +%s)
 echo "cross-aarch64: build took $((built - start)) s -> target/$TARGET/release/beltcam"
 file "target/$TARGET/release/beltcam" 2>/dev/null || true
+
+# --- The vivid VM test on arm64: the host's test harness boots the arm64 VM with this build ------------
+if [ "${BELTCAM_VM_ARM64:-0}" = 1 ]; then
+    vm_start=$(date +%s)
+    # A host build: the cross variables above only concern the aarch64 target.
+    BELTCAM_VM_ARCH=arm64 BELTCAM_VM_BIN="$PWD/target/$TARGET/release/beltcam" \
+        cargo test --locked --test vm_vivid -- --nocapture
+    echo "cross-aarch64: arm64 VM test took $(( $(date +%s) - vm_start )) s"
+fi
 
 [ "$run_tests" = 1 ] || exit 0
 

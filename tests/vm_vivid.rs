@@ -4,6 +4,10 @@
 //!
 //! Skips, with the reason printed, where qemu or the VM image cannot be had (no qemu, no Debian
 //! package access). The image and its downloads are cached in `target/vmh`; see `tests/vm/`.
+//!
+//! `BELTCAM_VM_ARCH=arm64 BELTCAM_VM_BIN=target/aarch64-unknown-linux-gnu/release/beltcam` runs the
+//! vivid run in the arm64 VM (qemu-system-aarch64, TCG) with the aarch64 build instead
+//! (`BELTCAM_VM_ARM64=1 scripts/cross-aarch64.sh` does that); the MJPEG camera is amd64-only.
 
 mod common;
 mod vm;
@@ -27,9 +31,12 @@ fn real_cameras_in_a_vm() {
         }
     };
     let t0 = Instant::now();
+    eprintln!("vm: {} guest, beltcam {}", img.arch, img.bin.display());
     vivid_run(&img);
     if img.loopback {
         mjpeg_run(&img);
+    } else if img.arch != "amd64" {
+        eprintln!("SKIPPED the MJPEG run: v4l2loopback is built for amd64 guests only");
     } else {
         eprintln!("SKIPPED the MJPEG run: the image has no v4l2loopback (gcc-12/make missing?)");
     }
@@ -127,7 +134,8 @@ fn vivid_run(img: &vm::Image) {
     let fps = fps_of(&parts);
     let enc = encode_ms(&vm, "vivid");
     eprintln!(
-        "vm: 640x480 YUYV: {fps:.1} fps delivered ({} frames), encode ms per frame: {enc}",
+        "vm: {}: 640x480 YUYV: {fps:.1} fps delivered ({} frames), encode ms per frame: {enc}",
+        img.arch,
         parts.len()
     );
     // The bar is the 90 %. Under TCG the VM's speed is the host's: on a host busy with
@@ -190,7 +198,8 @@ fn vivid_run(img: &vm::Image) {
         port
     ) == "ok"));
     eprintln!(
-        "vm: unplug -> degraded {:.2} s, re-plug -> frames {:.2} s",
+        "vm: {}: unplug -> degraded {:.2} s, re-plug -> frames {:.2} s",
+        img.arch,
         to_degraded.as_secs_f64(),
         to_frames.as_secs_f64()
     );
@@ -206,7 +215,8 @@ fn vivid_run(img: &vm::Image) {
         assert_eq!(decode(&p.jpeg), (1280, 720));
     }
     eprintln!(
-        "vm: 1280x720 YUYV: {:.1} fps delivered of 12.5, encode ms per frame: {}",
+        "vm: {}: 1280x720 YUYV: {:.1} fps delivered of 12.5, encode ms per frame: {}",
+        img.arch,
         fps_of(&parts),
         encode_ms(&vm, "hd")
     );
