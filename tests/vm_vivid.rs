@@ -27,6 +27,13 @@ fn real_cameras_in_a_vm() {
         Ok(img) => img,
         Err(why) => {
             eprintln!("SKIPPED real-device VM test: {why}");
+            // The arm64 run is asked for explicitly (scripts/cross-aarch64.sh): in CI it must run.
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            let arm64 = std::env::var("BELTCAM_VM_ARCH").is_ok_and(|a| a == "arm64");
+            assert!(
+                !(ci && arm64),
+                "the arm64 VM run must run in CI (CI=true): {why}"
+            );
             return;
         }
     };
@@ -140,10 +147,13 @@ fn vivid_run(img: &vm::Image) {
     );
     // The bar is the 90 %. Under TCG the VM's speed is the host's: on a host busy with
     // other work BELTCAM_VM_FPS_RATIO lowers it (CI runs this test alone and keeps the default).
+    // An arm64 guest on an x86_64 host is emulated instruction by instruction (encode 70-120 ms a
+    // frame, against 25-35 ms for amd64): there the rate measures qemu, and the bar (20 %, 5 fps)
+    // only catches a stalled pipeline.
     let ratio = std::env::var("BELTCAM_VM_FPS_RATIO")
         .ok()
         .and_then(|r| r.parse::<f64>().ok())
-        .unwrap_or(0.9);
+        .unwrap_or(if img.arch == "amd64" { 0.9 } else { 0.2 });
     assert!(
         fps >= ratio * FPS,
         "{fps:.1} fps delivered, want >= {}",
