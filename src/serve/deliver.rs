@@ -113,7 +113,7 @@ pub async fn stream<C: Conn>(
 ) {
     let cam = &app.cameras[cam_idx];
     if head_only {
-        send(app, &mut conn, stream_head().into_bytes()).await;
+        send(app, &mut conn, stream_head(true).into_bytes()).await;
         return;
     }
     // Declared first so it drops last: the session leaves the table (and its IP place is given
@@ -151,7 +151,7 @@ pub async fn stream<C: Conn>(
         .lease_newest()
         .map_or(256 * 1024, |l| l.meta().jpeg_len());
     net::tune_for_stream(conn.raw_fd(), typical);
-    if !send(app, &mut conn, stream_head().into_bytes()).await {
+    if !send(app, &mut conn, stream_head(false).into_bytes()).await {
         return;
     }
     let counters = &session.counters;
