@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build beltcam for aarch64 (Raspberry Pi 4/5, Jetson Orin) on an x86_64 Debian/Ubuntu host without
-# Docker, then run the workspace's tests under qemu-user.
+# Docker, run the vivid VM test with it in an arm64 VM (qemu-system-aarch64), then run the workspace's
+# tests under qemu-user.
 #
 #   scripts/cross-aarch64.sh              # build --release, then test
 #   scripts/cross-aarch64.sh --no-test    # build only
@@ -13,6 +14,11 @@
 # Environment knobs:
 #   CROSS_TEST_PROFILE=release|dev  profile for the tests (default release: the test build then reuses
 #                                   the release build's dependencies, and emulated code runs ~5x faster)
+#   BELTCAM_VM_ARM64=0|1            the vivid VM test (tests/vm_vivid.rs) in the arm64 VM
+#                                   (qemu-system-aarch64, TCG; package qemu-system-arm) with this build,
+#                                   right after the build. Default: with the tests (not with --no-test);
+#                                   =1 runs it with --no-test too, =0 leaves it out. It costs ~1 min with
+#                                   the image cached in target/vmh, ~2.5 min without (tests/vm/README.md).
 set -euo pipefail
 
 TARGET=aarch64-unknown-linux-gnu
@@ -26,6 +32,7 @@ for arg in "$@"; do
         *) echo "usage: $0 [--no-test]" >&2; exit 2 ;;
     esac
 done
+vm_arm64=${BELTCAM_VM_ARM64:-$run_tests}
 
 skip() {
     echo "cross-aarch64: SKIP: $*"
@@ -50,6 +57,7 @@ command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null \
     || missing+=(libclang-dev)
 command -v cmake >/dev/null || missing+=(cmake)
+[ "$vm_arm64" = 1 ] && { command -v qemu-system-aarch64 >/dev/null || missing+=(qemu-system-arm); }
 binfmt_ok() { [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; }
 if [ "$run_tests" = 1 ]; then
     command -v qemu-aarch64 >/dev/null || command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user)
@@ -106,6 +114,16 @@ cargo build --locked --target "$TARGET" --release --workspace
 built=$(date +%s)
 echo "cross-aarch64: build took $((built - start)) s -> target/$TARGET/release/beltcam"
 file "target/$TARGET/release/beltcam" 2>/dev/null || true
+
+# --- The vivid VM test on arm64: the host's test harness boots the arm64 VM with this build ------------
+if [ "$vm_arm64" = 1 ]; then
+    vm_start=$(date +%s)
+    # The harness is a host build, the one `cargo test` made: TURBOJPEG_SOURCE above is not
+    # per-target, and would rebuild the host's turbojpeg and everything above it.
+    BELTCAM_VM_ARCH=arm64 BELTCAM_VM_BIN="$PWD/target/$TARGET/release/beltcam" \
+        env -u TURBOJPEG_SOURCE cargo test --locked --test vm_vivid -- --nocapture
+    echo "cross-aarch64: arm64 VM test took $(( $(date +%s) - vm_start )) s"
+fi
 
 [ "$run_tests" = 1 ] || exit 0
 

@@ -62,7 +62,12 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::http::multipart;
-use crate::limits::{MAX_JPEG_BYTES, PART_HEADER_MAX, PART_TRAILER, POOL_SLOTS, SLOT_BYTES};
+pub use crate::http::multipart::PART_TRAILER;
+pub use crate::limits::MAX_JPEG_BYTES;
+use crate::limits::{PART_HEADER_MAX, PART_TRAILER_LEN, POOL_SLOTS, SLOT_BYTES};
+use crate::obs::stats::PoolStats;
+
+const _: () = assert!(PART_TRAILER.len() == PART_TRAILER_LEN);
 
 const WRITER: u32 = 1 << 31;
 /// How often a reader retries when the newest slot changes under it before giving up for now.
@@ -126,15 +131,15 @@ impl Slot {
 
 /// Counters kept by the pool itself.
 #[derive(Default)]
-pub struct PoolCounters {
+struct PoolCounters {
     /// Frames published.
-    pub published: AtomicU64,
+    published: AtomicU64,
     /// Frames rejected because they were larger than a slot.
-    pub oversize: AtomicU64,
+    oversize: AtomicU64,
     /// Frames dropped because every slot was leased or being written.
-    pub no_free_slot: AtomicU64,
+    no_free_slot: AtomicU64,
     /// Slots whose leases were revoked because the pool ran short (see the module comment).
-    pub reclaimed: AtomicU64,
+    reclaimed: AtomicU64,
 }
 
 /// A frame too big for a slot; never truncated.
@@ -150,7 +155,7 @@ pub struct FramePool {
     /// `(seq << 8) | slot index` of the newest published frame; 0 before the first.
     newest: AtomicU64,
     next_seq: AtomicU64,
-    pub counters: PoolCounters,
+    counters: PoolCounters,
 }
 
 // SAFETY: the UnsafeCells are only written by the holder of the slot's WRITER claim, which excludes
@@ -348,6 +353,25 @@ impl FramePool {
             return None;
         }
         self.lease_newest().filter(|l| l.meta.seq > after)
+    }
+
+    /// The pool's figures for /stats and /metrics.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            slots: self.slots.len(),
+            slot_bytes: SLOT_BYTES,
+            published: self.counters.published.load(Ordering::Relaxed),
+            oversize: self.counters.oversize.load(Ordering::Relaxed),
+            no_free_slot: self.counters.no_free_slot.load(Ordering::Relaxed),
+            reclaimed: self.counters.reclaimed.load(Ordering::Relaxed),
+            leased: self.leased(),
+        }
+    }
+
+    /// Counts a frame refused for its size before it reached `publish` (e.g. a file larger
+    /// than a slot, found while reading it into the slot).
+    pub fn count_oversize(&self) {
+        self.counters.oversize.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Leases currently held (for tests and /stats).

@@ -4,6 +4,10 @@
 //!
 //! Skips, with the reason printed, where qemu or the VM image cannot be had (no qemu, no Debian
 //! package access). The image and its downloads are cached in `target/vmh`; see `tests/vm/`.
+//!
+//! `BELTCAM_VM_ARCH=arm64 BELTCAM_VM_BIN=target/aarch64-unknown-linux-gnu/release/beltcam` runs the
+//! vivid run in the arm64 VM (qemu-system-aarch64, TCG) with the aarch64 build instead
+//! (`BELTCAM_VM_ARM64=1 scripts/cross-aarch64.sh` does that); the MJPEG camera is amd64-only.
 
 mod common;
 mod vm;
@@ -23,13 +27,23 @@ fn real_cameras_in_a_vm() {
         Ok(img) => img,
         Err(why) => {
             eprintln!("SKIPPED real-device VM test: {why}");
+            // The arm64 run is asked for explicitly (scripts/cross-aarch64.sh): in CI it must run.
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            let arm64 = std::env::var("BELTCAM_VM_ARCH").is_ok_and(|a| a == "arm64");
+            assert!(
+                !(ci && arm64),
+                "the arm64 VM run must run in CI (CI=true): {why}"
+            );
             return;
         }
     };
     let t0 = Instant::now();
+    eprintln!("vm: {} guest, beltcam {}", img.arch, img.bin.display());
     vivid_run(&img);
     if img.loopback {
         mjpeg_run(&img);
+    } else if img.arch != "amd64" {
+        eprintln!("SKIPPED the MJPEG run: v4l2loopback is built for amd64 guests only");
     } else {
         eprintln!("SKIPPED the MJPEG run: the image has no v4l2loopback (gcc-12/make missing?)");
     }
@@ -127,15 +141,19 @@ fn vivid_run(img: &vm::Image) {
     let fps = fps_of(&parts);
     let enc = encode_ms(&vm, "vivid");
     eprintln!(
-        "vm: 640x480 YUYV: {fps:.1} fps delivered ({} frames), encode ms per frame: {enc}",
+        "vm: {}: 640x480 YUYV: {fps:.1} fps delivered ({} frames), encode ms per frame: {enc}",
+        img.arch,
         parts.len()
     );
     // The bar is the 90 %. Under TCG the VM's speed is the host's: on a host busy with
     // other work BELTCAM_VM_FPS_RATIO lowers it (CI runs this test alone and keeps the default).
+    // An arm64 guest on an x86_64 host is emulated instruction by instruction (encode 70-120 ms a
+    // frame, against 25-35 ms for amd64): there the rate measures qemu, and the bar (20 %, 5 fps)
+    // only catches a stalled pipeline.
     let ratio = std::env::var("BELTCAM_VM_FPS_RATIO")
         .ok()
         .and_then(|r| r.parse::<f64>().ok())
-        .unwrap_or(0.9);
+        .unwrap_or(if img.arch == "amd64" { 0.9 } else { 0.2 });
     assert!(
         fps >= ratio * FPS,
         "{fps:.1} fps delivered, want >= {}",
@@ -190,7 +208,8 @@ fn vivid_run(img: &vm::Image) {
         port
     ) == "ok"));
     eprintln!(
-        "vm: unplug -> degraded {:.2} s, re-plug -> frames {:.2} s",
+        "vm: {}: unplug -> degraded {:.2} s, re-plug -> frames {:.2} s",
+        img.arch,
         to_degraded.as_secs_f64(),
         to_frames.as_secs_f64()
     );
@@ -206,7 +225,8 @@ fn vivid_run(img: &vm::Image) {
         assert_eq!(decode(&p.jpeg), (1280, 720));
     }
     eprintln!(
-        "vm: 1280x720 YUYV: {:.1} fps delivered of 12.5, encode ms per frame: {}",
+        "vm: {}: 1280x720 YUYV: {:.1} fps delivered of 12.5, encode ms per frame: {}",
+        img.arch,
         fps_of(&parts),
         encode_ms(&vm, "hd")
     );

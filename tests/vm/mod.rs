@@ -31,7 +31,32 @@ fn on_path(cmd: &str) -> bool {
 pub struct Image {
     pub dir: PathBuf,
     pub loopback: bool,
+    /// The guest's Debian architecture: "amd64" or "arm64".
+    pub arch: String,
+    /// The beltcam binary the guest runs.
+    pub bin: PathBuf,
     _lock: std::fs::File,
+}
+
+/// The guest: amd64 with this build's binary, or, with `BELTCAM_VM_ARCH=arm64`, the arm64 VM
+/// (qemu-system-aarch64, TCG) running the aarch64 binary named by `BELTCAM_VM_BIN`
+/// (scripts/cross-aarch64.sh sets both when `BELTCAM_VM_ARM64=1`).
+pub fn guest() -> Result<(String, PathBuf), String> {
+    match std::env::var("BELTCAM_VM_ARCH").as_deref() {
+        Err(_) | Ok("") | Ok("amd64") => {
+            Ok(("amd64".into(), PathBuf::from(env!("CARGO_BIN_EXE_beltcam"))))
+        }
+        Ok("arm64") => {
+            let bin = std::env::var_os("BELTCAM_VM_BIN")
+                .map(PathBuf::from)
+                .ok_or("BELTCAM_VM_ARCH=arm64 needs BELTCAM_VM_BIN (the aarch64 beltcam)")?;
+            if !bin.is_file() {
+                return Err(format!("BELTCAM_VM_BIN {} does not exist", bin.display()));
+            }
+            Ok(("arm64".into(), bin))
+        }
+        Ok(other) => Err(format!("BELTCAM_VM_ARCH={other}: amd64 or arm64")),
+    }
 }
 
 /// Builds the image if needed. `Err` is the reason to skip, printed by the caller.
@@ -42,14 +67,13 @@ pub fn prepare() -> Result<Image, String> {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
         return Err("the VM test runs on x86_64 Linux hosts".into());
     }
-    for tool in [
-        "qemu-system-x86_64",
-        "cpio",
-        "apt-get",
-        "dpkg",
-        "zstd",
-        "xz",
-    ] {
+    let (arch, bin) = guest()?;
+    let qemu = if arch == "arm64" {
+        "qemu-system-aarch64"
+    } else {
+        "qemu-system-x86_64"
+    };
+    for tool in [qemu, "cpio", "apt-get", "dpkg", "zstd", "xz"] {
         if !on_path(tool) {
             return Err(format!("{tool} is not installed"));
         }
@@ -63,16 +87,17 @@ pub fn prepare() -> Result<Image, String> {
         return Err(format!("cannot lock {}", dir.display()));
     }
     let script = std::fs::read(repo().join("tests/vm/build.sh")).map_err(|e| e.to_string())?;
-    let want_loopback = on_path("gcc-12") && on_path("make");
+    // v4l2loopback is built for the host's architecture only: no MJPEG camera on arm64.
+    let want_loopback = arch == "amd64" && on_path("gcc-12") && on_path("make");
     let stamp = format!("{:x}-{}", fnv(&script), want_loopback);
-    let out = dir.join("out/amd64");
+    let out = dir.join("out").join(&arch);
     let stamp_file = out.join("beltcam-stamp");
     let cached = std::fs::read_to_string(&stamp_file).ok();
     if cached.as_deref() != Some(stamp.as_str()) || !out.join("initrd.cpio.gz").is_file() {
-        let mut built = build(&dir, want_loopback);
+        let mut built = build(&dir, &arch, want_loopback);
         if built.is_err() && want_loopback {
             eprintln!("vm: building with v4l2loopback failed; trying without (no MJPEG run)");
-            built = build(&dir, false);
+            built = build(&dir, &arch, false);
         }
         let loopback = built.map_err(|log| format!("cannot build the VM image:\n{log}"))?;
         let _ = std::fs::write(&stamp_file, format!("{:x}-{}", fnv(&script), loopback));
@@ -81,15 +106,17 @@ pub fn prepare() -> Result<Image, String> {
     Ok(Image {
         dir,
         loopback,
+        arch,
+        bin,
         _lock: lock,
     })
 }
 
-fn build(dir: &Path, loopback: bool) -> Result<bool, String> {
+fn build(dir: &Path, arch: &str, loopback: bool) -> Result<bool, String> {
     let t0 = Instant::now();
     let out = Command::new("bash")
         .arg(repo().join("tests/vm/build.sh"))
-        .arg("amd64")
+        .arg(arch)
         .env("VMH_DIR", dir)
         .env("VMH_LOOPBACK", if loopback { "1" } else { "0" })
         .stdin(Stdio::null())
@@ -102,7 +129,7 @@ fn build(dir: &Path, loopback: bool) -> Result<bool, String> {
         return Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     }
     eprintln!(
-        "vm: image built in {:.1} s (loopback: {loopback})",
+        "vm: {arch} image built in {:.1} s (loopback: {loopback})",
         t0.elapsed().as_secs_f64()
     );
     Ok(loopback)
@@ -133,13 +160,14 @@ pub struct Vm {
 impl Vm {
     /// Boots the image with `script` as payload, forwarding one host port per guest port.
     pub fn boot(img: &Image, script: &str, guest_ports: &[u16], adds: &[(PathBuf, &str)]) -> Vm {
-        let bin = env!("CARGO_BIN_EXE_beltcam");
+        let bin = img.bin.display();
         let ctl = free_port();
         let ports: Vec<u16> = guest_ports.iter().map(|_| free_port()).collect();
         let console = img.dir.join(format!("console-{}.log", std::process::id()));
         let vm_dir = repo().join("tests/vm");
         let mut cmd = Command::new("bash");
         cmd.arg(vm_dir.join("run.sh"))
+            .args(["-a", &img.arch])
             .args(["--timeout", "300", "--ctl", &ctl.to_string()])
             .args(["--log", &console.display().to_string()])
             .args(["--add-bin", &format!("{bin}:/usr/bin/beltcam")])
@@ -178,31 +206,7 @@ impl Vm {
 
     /// Runs shell commands in the guest; returns (exit code, output).
     pub fn ctl(&self, cmd: &str) -> (i32, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut out = Vec::new();
-        let sent = TcpStream::connect(("127.0.0.1", self.ctl)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            s.write_all(format!("{cmd}\necho \"__RC=$?\"\nexit\n").as_bytes())?;
-            let mut buf = [0u8; 65536];
-            while Instant::now() < deadline {
-                match s.read(&mut buf)? {
-                    0 => break,
-                    n => out.extend_from_slice(&buf[..n]),
-                }
-            }
-            Ok(())
-        });
-        let text = String::from_utf8_lossy(&out).to_string();
-        let rc = text
-            .lines()
-            .find_map(|l| l.strip_prefix("__RC=")?.trim().parse().ok())
-            .unwrap_or(if sent.is_err() { -2 } else { -1 });
-        let body = text
-            .lines()
-            .filter(|l| !l.starts_with("__RC="))
-            .collect::<Vec<_>>()
-            .join("\n");
-        (rc, body)
+        ctl_at(self.ctl, cmd, Duration::from_secs(30))
     }
 
     /// Waits until `GET path` on forwarded port `i` answers with `code`. qemu accepts forwarded
@@ -238,6 +242,38 @@ impl Drop for Vm {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.console);
     }
+}
+
+/// Runs shell commands through a guest control shell forwarded to `port` (one shell per connection:
+/// the commands, then `exit`); waits at most `limit`. Returns (exit code of the last command, output);
+/// the code is -2 when the connection failed, -1 when no exit code came back in time.
+pub fn ctl_at(port: u16, cmd: &str, limit: Duration) -> (i32, String) {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let sent = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+        s.set_read_timeout(Some(limit))?;
+        s.write_all(format!("{cmd}\necho \"__RC=$?\"\nexit\n").as_bytes())?;
+        let mut buf = [0u8; 65536];
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break, // timed out or reset: what came so far is the answer
+            }
+        }
+        Ok(())
+    });
+    let text = String::from_utf8_lossy(&out).to_string();
+    let rc = text
+        .lines()
+        .find_map(|l| l.strip_prefix("__RC=")?.trim().parse().ok())
+        .unwrap_or(if sent.is_err() { -2 } else { -1 });
+    let body = text
+        .lines()
+        .filter(|l| !l.starts_with("__RC="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (rc, body)
 }
 
 /// `GET path` with connect and read timeouts; returns (status, body).
