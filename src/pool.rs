@@ -11,18 +11,22 @@
 //!
 //! Concurrency: one `AtomicU32` per slot is both the writer's claim bit and the readers' count.
 //! - Writer: CAS `0 -> WRITER` (Acquire: every earlier reader's reads happen-before our writes);
-//!   re-check the slot is not the newest frame; reset the slot's `seq` to 0; write bytes and meta;
-//!   store `seq`; raise `newest`; only then clear `WRITER` (Release). A writer that gives up (its
-//!   frame turned out older, the encode failed) just clears `WRITER`: its bytes sit under `seq` 0.
+//!   back off if the slot is the newest frame or holds a seq newer than `newest` (published, its
+//!   writer about to raise `newest`); reset the slot's `seq` to 0; write bytes and meta; store
+//!   `seq`; clear `WRITER` (Release); raise `newest`. A writer that gives up (its frame turned out
+//!   older, the encode failed) just clears `WRITER`: its bytes sit under `seq` 0.
 //! - Reader: load `newest`, `fetch_add(1)` on the slot (Acquire); if `WRITER` was set or the slot's
 //!   `seq` is not the one `newest` named, undo and retry. Otherwise the bytes are ours to read
 //!   until the lease drops (`fetch_sub`, Release), because a writer's CAS needs the count at 0.
 //!
-//! Both orderings matter (issue 10 item 7). Clearing `WRITER` before raising `newest` let a second
-//! writer claim the slot about to become newest, scribble and abandon it, so readers leased bytes
-//! that were not the frame their seq named. Without the reset of `seq` at claim, a reader that read
+//! Both checks matter (issue 10 item 7). Without the newer-than-`newest` check, a second writer
+//! could claim the slot in the gap between its publisher's release and `newest` naming it, scribble
+//! and abandon it, so readers leased bytes that were not the frame their seq named (and a longer
+//! abandoned JPEG overwrote the trailer). Without the reset of `seq` at claim, a reader that read
 //! `newest` just before that frame was superseded could count itself into a slot claimed, scribbled
-//! and abandoned meanwhile, and find the old `seq` still there.
+//! and abandoned meanwhile, and find the old `seq` still there. (Raising `newest` before releasing
+//! the claim also closes the first gap, but then readers find the newest frame still claimed and
+//! come back empty-handed whenever the publisher is preempted between the two.)
 //!
 //! Capture always gets a free slot (issue 10 item 1). A lease is what an in-flight write owns, and
 //! a peer that stops reading stops that write: waiting for the socket to drain before leasing does
@@ -46,8 +50,10 @@
 //!   interval cost capture no frame; holders that do not make the next claim fail (counted in
 //!   `no_free_slot`) and revoke one more slot. A session that never reaches its `select!` still
 //!   ends at its send timeout.
-//! - Nothing on the frame path allocates or blocks: a revocation is one atomic store and a wake of
-//!   the tasks waiting on that slot, done by the claiming thread.
+//! - Cost: claim, publish and lease take no lock and allocate nothing. A revocation, only when the
+//!   pool is short, is one atomic store and `Notify::notify_waiters` (a short internal lock, and a
+//!   wake of each task waiting on that slot), done by the claiming thread. A holder's `revoked()`
+//!   future registers with that slot's `Notify` in place, without allocating.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -229,11 +235,15 @@ impl FramePool {
         {
             return false;
         }
-        // A writer that published into this slot released it only after raising `newest` (see
-        // `publish`), and our CAS acquired that release: if the slot is the newest frame, this
-        // load says so. Never overwrite the newest frame.
+        // Never overwrite the newest frame, nor one about to become it: a writer that published
+        // into this slot released its claim before raising `newest` (see `publish`), and our CAS
+        // acquired that release, so we see the seq it published. A seq newer than what `newest`
+        // names is a frame whose publisher is about to raise `newest` to it; one older has been
+        // superseded and never will be raised, since `newest` only moves forward.
         race_window();
-        if self.newest_index() == Some(idx) {
+        let newest = self.newest.load(Ordering::Acquire);
+        let seq = slot.seq.load(Ordering::Relaxed);
+        if (newest != 0 && (newest & 0xff) as usize == idx) || seq > newest >> 8 {
             slot.refs.fetch_and(!WRITER, Ordering::Release);
             return false;
         }
@@ -425,25 +435,25 @@ impl SlotWriter<'_> {
                 jpeg_len: len as u32,
             };
         }
-        // Relaxed: readers see it through the release of the claim below.
+        // Relaxed: readers and the next claimer see it through the release of the claim below.
         slot.seq.store(seq, Ordering::Relaxed);
+        // Release, paired with the Acquire of a reader's count and of the next writer's claim:
+        // the bytes, meta and seq written above are theirs to see from now on. Released before
+        // `newest` names the slot, so readers never find the newest frame still claimed; in the
+        // gap, a claimer sees this seq is newer than `newest` and leaves the slot alone.
+        slot.refs.fetch_and(!WRITER, Ordering::Release);
+        // The claim is released above; skip Drop's release.
+        std::mem::forget(self);
+        race_window();
         let packed = (seq << 8) | idx as u64;
-        // Raise `newest` while still holding the claim. Released the other way round, another
-        // writer could claim this slot in between (it was not yet newest), scribble into it and
-        // abandon it, and readers would then lease those bytes under this frame's seq. Readers
-        // that see the new `newest` before the claim is released back off and retry.
         // Several writers (encode workers) may publish out of order: newest only moves forward.
+        // Release/Acquire on `newest` orders nothing else: readers take the bytes through the
+        // slot's count.
         let _ = pool
             .newest
             .fetch_update(Ordering::Release, Ordering::Relaxed, |cur| {
                 (cur >> 8 < seq).then_some(packed)
             });
-        race_window();
-        // Release, paired with the Acquire of a reader's count and of the next writer's claim:
-        // the bytes, meta and seq written above (and `newest`) are theirs to see from now on.
-        slot.refs.fetch_and(!WRITER, Ordering::Release);
-        // The claim is released above; skip Drop's release.
-        std::mem::forget(self);
         pool.counters.published.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
