@@ -233,7 +233,7 @@ fn status_and_unplug(vm: &SysVm, port: u16, log: &mut Log) {
     let mut status = String::new();
     let shown = common::wait_for(Duration::from_secs(15), || {
         status = vm.ctl("systemctl status beltcam --no-pager -l").1;
-        status.contains("1 clients") && status.contains("fps")
+        status.contains("1 client") && status.contains("fps")
     });
     let _ = writeln!(
         log.report,
@@ -338,7 +338,7 @@ fn journal_warnings(vm: &SysVm, log: &mut Log) {
     // Lines of the daemon itself (not systemd's own about the unit) naming the unplug.
     let daemon_warning = out
         .lines()
-        .any(|l| l.contains(" beltcam[") && l.contains("camera offline"));
+        .any(|l| l.contains(" beltcam[") && l.to_lowercase().contains("offline"));
     log.check(daemon_warning, || {
         let (_, prio) = vm.ctl(
             "journalctl -u beltcam -b -o json --output-fields=PRIORITY,MESSAGE --no-pager | grep -m2 'camera offline'",
