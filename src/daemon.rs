@@ -1,27 +1,23 @@
 //! Start-up and supervision: cameras and their capture threads, listeners, serving threads, and the
-//! main thread's supervision loop (health, and later the systemd watchdog and status).
+//! main thread's supervision loop (the systemd watchdog, STATUS= and the per-second stats events).
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use crate::app::{App, ServerCounters};
-use crate::auth::Auth;
-use crate::capture::spec::SourceSpec;
+use crate::admit::auth::Auth;
 use crate::capture::{self, Camera, FrameSource};
+use crate::config::spec::{self, SourceSpec};
 use crate::config::{CameraSettings, Settings};
-use crate::events::Events;
-use crate::guard::IpGuard;
-use crate::health::Health;
-use crate::metrics::Histogram;
 use crate::net;
-use crate::session::SessionTable;
+use crate::obs::events::{Event, EventBus};
+use crate::obs::health::Health;
+use crate::obs::render;
+use crate::serve::Server;
 use crate::shutdown::Shutdown;
 use crate::systemd;
-use std::sync::atomic::Ordering;
 
 /// The camera used when none is configured: `/dev/video0` when present, else the test pattern.
 pub fn default_camera() -> CameraSettings {
@@ -35,7 +31,7 @@ pub fn default_camera() -> CameraSettings {
         info!(source = %source, "no camera configured; using /dev/video0");
         source
     } else {
-        let (w, h, fps) = capture::spec::DEFAULT_SYNTHETIC;
+        let (w, h, fps) = spec::DEFAULT_SYNTHETIC;
         let source = SourceSpec::Synthetic {
             width: w,
             height: h,
@@ -76,8 +72,8 @@ pub fn make_source(cam: &CameraSettings) -> Result<Box<dyn FrameSource>, String>
 }
 
 pub struct Running {
-    pub app: Arc<App>,
-    serving_done: mpsc::Receiver<()>,
+    pub server: Arc<Server>,
+    serving_done: mpsc::Receiver<std::io::Result<()>>,
     serving: usize,
 }
 
@@ -106,8 +102,11 @@ pub fn start(
         );
         passed
     };
-    let health = Health::new();
-    let events = Arc::new(Events::new(settings.max_event_subscribers));
+    for l in &listeners {
+        shutdown.register_listener(std::os::fd::AsRawFd::as_raw_fd(l));
+    }
+    let health = Arc::new(Health::new());
+    let events = Arc::new(EventBus::new(settings.max_event_subscribers));
     let mut cameras = Vec::new();
     let mut sources = Vec::new();
     for (i, c) in settings.cameras.iter().enumerate() {
@@ -127,24 +126,16 @@ pub fn start(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let app = Arc::new(App {
-        sessions: Arc::new(SessionTable::new(settings.max_sessions)),
-        guard: Arc::new(IpGuard::new(
-            settings.max_clients_per_ip,
-            settings.connects_per_minute,
-        )),
-        auth,
-        events,
-        latency: Histogram::default(),
+    let server = Arc::new(Server::new(
         settings,
-        cameras,
-        health,
-        shutdown,
+        auth,
         backend,
-        counters: ServerCounters::default(),
-        pending: Arc::new(AtomicUsize::new(0)),
-    });
-    for (cam, source) in app.cameras.iter().zip(sources) {
+        cameras,
+        Arc::clone(&health),
+        events,
+        Arc::clone(&shutdown),
+    ));
+    for (cam, source) in server.cameras.iter().zip(sources) {
         let cam = Arc::clone(cam);
         std::thread::Builder::new()
             .name(format!("capture-{}", cam.name))
@@ -152,31 +143,56 @@ pub fn start(
             .map_err(|e| format!("cannot start a capture thread: {e}"))?;
     }
     let (done_tx, serving_done) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
     for i in 0..threads {
         let ls = listeners
             .iter()
             .map(|l| l.try_clone())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot share a listener: {e}"))?;
-        let app = Arc::clone(&app);
-        let hb = app.health.register(format!("serve-{i}"));
+        let started = started_tx.clone();
+        let thread = net::ServeThread {
+            listeners: ls,
+            shutdown: Arc::clone(&shutdown),
+            heartbeat: health.register(format!("serve-{i}")),
+            handler: Arc::clone(&server),
+            started: Box::new(move || {
+                let _ = started.send(());
+            }),
+        };
         let done = done_tx.clone();
         std::thread::Builder::new()
             .name(format!("serve-{i}"))
             .spawn(move || {
-                net::serve(app, ls, hb);
-                let _ = done.send(());
+                let r = net::serve(backend, thread);
+                let _ = done.send(r);
             })
             .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+    }
+    // Every serving thread either has its runtime up or has failed to build it: a runtime that
+    // cannot be built is a start-up error, reported before READY=1.
+    drop(started_tx);
+    let up = started_rx.iter().take(threads).count();
+    if up < threads {
+        // A thread dropped its `started` without calling it: its result is on the way.
+        shutdown.trigger();
+        let why = match serving_done.recv() {
+            Ok(Err(e)) => e.to_string(),
+            _ => "a serving thread stopped".into(),
+        };
+        return Err(format!(
+            "cannot start the {} runtime: {why}",
+            backend.as_str()
+        ));
     }
     let addrs: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
         .collect();
     info!(listen = ?addrs, io_backend = backend.as_str(), threads,
-          cameras = app.cameras.len(), "beltcam serving");
+          cameras = server.cameras.len(), "beltcam serving");
     Ok(Running {
-        app,
+        server,
         serving_done,
         serving: threads,
     })
@@ -186,8 +202,11 @@ impl Running {
     /// Supervises until shutdown is triggered. Each tick (1 s, or half the watchdog interval if
     /// shorter): feed the systemd watchdog if no thread is wedged; once a second: STATUS= and a
     /// `stats` event per camera.
-    pub fn supervise(&self) {
-        let app = &self.app;
+    ///
+    /// On SIGHUP it calls `reload`, which re-reads and checks the configuration and says whether
+    /// it would apply (see `main`).
+    pub fn supervise(&self, reload: &dyn Fn()) {
+        let server = &self.server;
         let watchdog = systemd::watchdog_interval();
         let tick = watchdog.map_or(Duration::from_secs(1), |w| {
             (w / 2).min(Duration::from_secs(1))
@@ -196,7 +215,7 @@ impl Running {
         let mut wedged_logged = false;
         systemd::ready();
         loop {
-            match app.health.wedged() {
+            match server.health.wedged() {
                 None => {
                     wedged_logged = false;
                     if watchdog.is_some() {
@@ -213,47 +232,45 @@ impl Running {
                 last_stats = Instant::now();
                 self.publish_stats();
             }
-            if app.shutdown.wait_timeout(tick) {
+            if server.shutdown.wait_timeout(tick) {
                 break;
+            }
+            if server.shutdown.take_reload() {
+                reload();
             }
         }
         systemd::stopping();
-        app.sessions.close_all();
+        server.sessions.close_all();
     }
 
     fn publish_stats(&self) {
-        let app = &self.app;
-        let clients = app.sessions.clients_per_camera(app.cameras.len());
-        let mut status = String::new();
-        for (cam, clients) in app.cameras.iter().zip(clients) {
-            let fps = cam.counters.fps_milli.load(Ordering::Relaxed) as f64 / 1000.0;
-            let state = cam.state().as_str();
-            app.events.emit(
-                "stats",
-                Some(cam.index),
-                serde_json::json!({"camera": cam.name, "fps": fps, "clients": clients,
-                    "state": state}),
+        let snap = self.server.snapshot();
+        for (i, cam) in snap.cameras.iter().enumerate() {
+            self.server.events.emit(
+                Some(i),
+                Event::Stats {
+                    camera: cam.name.clone(),
+                    fps: cam.counts.fps,
+                    clients: cam.clients,
+                    state: cam.state,
+                },
             );
-            if !status.is_empty() {
-                status.push_str("; ");
-            }
-            status.push_str(&format!("{} {fps:.1}fps, {clients} clients", cam.name));
-            if state != "online" {
-                status.push_str(&format!(" ({state})"));
-            }
         }
-        status.push_str(&format!(" | {}", app.backend.as_str()));
-        systemd::status(&status);
+        systemd::status(&render::status_line(&snap));
     }
 
-    /// Waits up to `limit` for the serving threads to finish.
-    pub fn join_serving(&self, limit: Duration) {
+    /// Waits up to `limit` for the serving threads to finish; the first error any of them had.
+    pub fn join_serving(&self, limit: Duration) -> std::io::Result<()> {
         let deadline = Instant::now() + limit;
+        let mut result = Ok(());
         for _ in 0..self.serving {
             let left = deadline.saturating_duration_since(Instant::now());
-            if self.serving_done.recv_timeout(left).is_err() {
-                break;
+            match self.serving_done.recv_timeout(left) {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
+        result
     }
 }

@@ -15,18 +15,34 @@ pub const SLOT_BYTES: usize = 2 * 1024 * 1024;
 /// Content-Length, X-Timestamp, X-Frame). The longest header rendered is well under this.
 pub const PART_HEADER_MAX: usize = 256;
 
-/// Bytes after the JPEG: the part's CRLF and the next boundary (see `http::multipart`).
-pub const PART_TRAILER: &[u8] = crate::http::multipart::PART_TRAILER;
+/// Bytes after the JPEG: the part's CRLF and the next boundary (`http::multipart::PART_TRAILER`,
+/// whose length the pool checks against this at compile time).
+pub const PART_TRAILER_LEN: usize = 24;
 
 /// Largest JPEG a slot can hold; a bigger frame is rejected and counted as `oversize`.
-pub const MAX_JPEG_BYTES: usize = SLOT_BYTES - PART_HEADER_MAX - PART_TRAILER.len();
+pub const MAX_JPEG_BYTES: usize = SLOT_BYTES - PART_HEADER_MAX - PART_TRAILER_LEN;
 
 /// Concurrent viewer sessions across all cameras (the session table's capacity).
 pub const MAX_SESSIONS: usize = 1024;
 
-/// Connections accepted but not yet admitted as sessions (reading their request). Past this, new
-/// connections are closed at once: a flood of idle sockets cannot pin memory or fds.
+/// Connections accepted but not yet admitted as sessions (reading a request, or idle between
+/// keep-alive requests). When full, the longest-idle keep-alive connection makes room; with none
+/// idle, a newcomer gets 503: a flood of idle sockets cannot pin memory or fds, nor lock anyone out.
 pub const MAX_PENDING_CONNECTIONS: usize = 256;
+
+/// Idle keep-alive connections one client address may keep open; one more closes its oldest.
+pub const MAX_IDLE_KEEPALIVE_PER_IP: usize = 16;
+
+/// `/events` subscribers one client address may hold.
+pub const MAX_EVENT_SUBSCRIBERS_PER_IP: usize = 4;
+
+/// Refused connections being closed gracefully at once (answer written, the client's unread bytes
+/// drained so the close sends FIN, not RST). Past this, refusals close at once.
+pub const MAX_LINGERING: usize = 256;
+
+/// How long, and how many bytes, a refused connection's input is drained before it is closed.
+pub const LINGER_MS: u64 = 1000;
+pub const LINGER_BYTES: usize = 64 * 1024;
 
 /// Cameras one process serves.
 pub const MAX_CAMERAS: usize = 8;

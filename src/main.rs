@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use beltcam::auth::Auth;
+use beltcam::admit::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
 use beltcam::{daemon, shutdown, systemd};
 
@@ -19,6 +19,8 @@ use beltcam::{daemon, shutdown, systemd};
     version,
     about = "Bounded, zero-copy MJPEG streaming for V4L2 cameras"
 )]
+/// Every flag is global, so `beltcam check-config --source ...` checks what `beltcam --source ...`
+/// would run.
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -26,41 +28,41 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Address to listen on, repeatable; replaces server.listen.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
     listen: Vec<String>,
     /// Camera source `[NAME=]SPEC`, repeatable; replaces the configured cameras.
     /// SPEC: synthetic[:WxH@FPS] | dir:PATH[@FPS] | v4l2:DEVICE[:WxH@FPS[:FORMAT]]
-    #[arg(long, value_name = "[NAME=]SPEC")]
+    #[arg(long, global = true, value_name = "[NAME=]SPEC")]
     source: Vec<String>,
     /// io backend: auto probes io_uring and falls back to epoll.
-    #[arg(long, value_enum)]
+    #[arg(long, global = true, value_enum)]
     io_backend: Option<IoBackendChoice>,
     /// Log level or tracing filter (error, warn, info, debug, trace).
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_level: Option<String>,
     /// Serving threads (0: one per core).
-    #[arg(long)]
+    #[arg(long, global = true)]
     threads: Option<usize>,
     /// Concurrent stream sessions (at most the compiled capacity).
-    #[arg(long)]
+    #[arg(long, global = true)]
     max_sessions: Option<usize>,
     /// Send timeout for one frame, in milliseconds.
-    #[arg(long)]
+    #[arg(long, global = true)]
     send_timeout_ms: Option<u64>,
     /// Deadline for a request head, in milliseconds.
-    #[arg(long)]
+    #[arg(long, global = true)]
     request_timeout_ms: Option<u64>,
     /// Concurrent stream sessions from one client IP.
-    #[arg(long)]
+    #[arg(long, global = true)]
     max_clients_per_ip: Option<usize>,
     /// New connections per minute from one client IP.
-    #[arg(long)]
+    #[arg(long, global = true)]
     connects_per_minute: Option<u32>,
     /// File holding the admin bearer token.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     admin_token_file: Option<PathBuf>,
     /// File of user:password lines required of viewers.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     viewers_file: Option<PathBuf>,
 }
 
@@ -131,28 +133,29 @@ fn apply_flags(cli: &Cli, cfg: &mut Config) {
     }
 }
 
-fn load_settings(cli: &Cli) -> Result<Settings, beltcam::config::ConfigError> {
+/// The configuration in effect (file, then flags) and its validated settings.
+fn load_settings(cli: &Cli) -> Result<(Config, Settings), beltcam::config::ConfigError> {
     let mut cfg = Config::load(cli.config.as_deref())?;
     apply_flags(cli, &mut cfg);
-    cfg.validate()
+    let settings = cfg.validate()?;
+    Ok((cfg, settings))
 }
 
-fn init_tracing(level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
-        format!("config error: log.level: {level:?} is not a level or filter ({e})")
-    })?;
-    // Under systemd the journal stamps time and stores the priority itself.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if journal {
-        builder.without_time().init();
-    } else {
-        builder.init();
+/// `check-config`'s output: the effective configuration as TOML (a valid config file), then the
+/// worst-case memory breakdown as TOML comments.
+fn render_check(cfg: &Config, settings: &Settings) -> Result<String, toml::ser::Error> {
+    let mut out = String::from("# beltcam: configuration is valid; effective settings:\n");
+    out += &toml::to_string(cfg)?;
+    let b = &settings.budget;
+    out += &format!(
+        "\n# worst-case memory: {} MiB of a {} MiB budget ([limits] memory_budget_mb)\n",
+        b.total_mib(),
+        settings.memory_budget_mb
+    );
+    for i in &b.items {
+        out += &format!("#   {:>9} KiB  {}\n", i.bytes.div_ceil(1024), i.what);
     }
-    Ok(())
+    Ok(out)
 }
 
 #[allow(clippy::print_stderr)]
@@ -171,9 +174,9 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    let (settings, auth) = match load_settings(&cli).and_then(|s| {
+    let (cfg, settings, auth) = match load_settings(&cli).and_then(|(c, s)| {
         let auth = Auth::load(&s.auth)?;
-        Ok((s, auth))
+        Ok((c, s, auth))
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -181,21 +184,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_tracing(&settings.log_level) {
+    if let Err(e) = beltcam::logging::init(&settings.log_level) {
         eprintln!("beltcam: {e}");
         return ExitCode::from(2);
     }
-    match cli.command {
+    match &cli.command {
         Some(Command::CheckConfig) => {
-            info!(?settings, "configuration is valid");
-            ExitCode::SUCCESS
+            let written = render_check(&cfg, &settings)
+                .map_err(std::io::Error::other)
+                .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("beltcam: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some(Command::Devices { json }) => {
-            let devices = beltcam::devices::list();
-            let out = if json {
+            let devices = beltcam::capture::devices::list();
+            let out = if *json {
                 serde_json::to_string_pretty(&devices).map(|j| j + "\n")
             } else {
-                Ok(beltcam::devices::render_text(&devices))
+                Ok(beltcam::capture::devices::render_text(&devices))
             };
             let written = out
                 .map_err(std::io::Error::other)
@@ -208,11 +219,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Run) | None => run(settings, auth, passed),
+        Some(Command::Run) | None => run(&cli, settings, auth, passed),
     }
 }
 
-fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
+fn run(cli: &Cli, settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> ExitCode {
+    info!(
+        worst_case_mib = settings.budget.total_mib(),
+        budget_mib = settings.memory_budget_mb,
+        "memory: worst case of this configuration (check-config itemises it)"
+    );
     let shutdown = Arc::new(shutdown::Shutdown::new());
     if let Err(e) = shutdown::spawn_signal_thread(Arc::clone(&shutdown)) {
         error!(%e, "cannot start the signal thread");
@@ -225,10 +241,22 @@ fn run(settings: Settings, auth: Auth, passed: Vec<std::net::TcpListener>) -> Ex
             return ExitCode::from(1);
         }
     };
-    running.supervise();
+    // SIGHUP: the file is re-read and checked with the same one-line errors as at start-up. Applying
+    // a changed configuration to the running daemon is not implemented yet: it says so.
+    let reload = || match load_settings(cli).and_then(|s| Auth::load(&s.auth).map(|_| s)) {
+        Ok(_) => warn!(
+            "reload: the configuration is valid; applying changes needs a restart \
+             (systemctl restart beltcam): live reload is not implemented yet"
+        ),
+        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+    };
+    running.supervise(&reload);
     // Graceful: sessions see shutdown at once; give serving threads a bounded moment to close
     // their sockets, then exit whatever is still in flight (the kernel closes the rest).
-    running.join_serving(Duration::from_millis(700));
+    if let Err(e) = running.join_serving(Duration::from_millis(700)) {
+        error!(%e, "a serving thread failed");
+        return ExitCode::from(1);
+    }
     info!("stopped");
     ExitCode::SUCCESS
 }

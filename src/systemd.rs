@@ -16,9 +16,18 @@ use tracing::{debug, warn};
 /// How often the watchdog must be fed, if systemd asked for it (WATCHDOG_USEC, and WATCHDOG_PID
 /// naming this process when set, as sd_watchdog_enabled(3) reads them).
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
+    watchdog_interval_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// `watchdog_interval` on given values, so the decision is tested without touching the environment.
+fn watchdog_interval_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.parse().ok()?;
+    if let Some(pid) = pid {
+        if pid.parse::<u32>().ok()? != me {
             return None;
         }
     }
@@ -70,10 +79,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_watchdog_without_systemd() {
-        // The test runner is not started by systemd with a watchdog.
-        if std::env::var_os("WATCHDOG_USEC").is_none() {
-            assert_eq!(watchdog_interval(), None);
+    fn watchdog_only_when_asked_for_this_process() {
+        let f = watchdog_interval_from;
+        assert_eq!(f(None, None, 7), None, "no WATCHDOG_USEC: no watchdog");
+        assert_eq!(f(Some("20000000"), None, 7), Some(Duration::from_secs(20)));
+        assert_eq!(
+            f(Some("20000000"), Some("7"), 7),
+            Some(Duration::from_secs(20))
+        );
+        // Inherited from a parent that systemd watches: not ours (sd_watchdog_enabled(3)).
+        assert_eq!(f(Some("20000000"), Some("8"), 7), None);
+        for bad in [
+            ("0", None),
+            ("x", None),
+            ("-5", None),
+            ("20000000", Some("x")),
+        ] {
+            assert_eq!(f(Some(bad.0), bad.1, 7), None, "{bad:?}");
         }
     }
 }

@@ -145,7 +145,7 @@ fn viewer_basic_auth_when_configured() {
         .unwrap()
         .starts_with("Basic"));
     // base64("op:belt-2026")
-    let ok = raw(d.port, b"GET /snapshot HTTP/1.1\r\nAuthorization: Basic b3A6YmVsdC0yMDI2\r\nConnection: close\r\n\r\n").unwrap();
+    let ok = raw(d.port, b"GET /snapshot HTTP/1.1\r\nHost: t\r\nAuthorization: Basic b3A6YmVsdC0yMDI2\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(ok.0, 200);
     assert_eq!(
         get(d.port, "/health").unwrap().0,
@@ -334,7 +334,8 @@ fn events_report_sessions_stats_rooms_and_overflow() {
     slow.connect(&d.addr().into()).unwrap();
     let mut slow: TcpStream = slow.into();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    slow.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+    slow.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert!(wait_for(Duration::from_secs(3), || {
         get(d.port, "/metrics")
             .map(|(_, _, b)| String::from_utf8_lossy(&b).contains("beltcam_sessions_active 0"))
@@ -403,7 +404,10 @@ fn flood_from_one_address_does_not_starve_a_viewer_on_another() {
                 let mut n = 0;
                 while Instant::now() < end && n < 200_000 {
                     n += 1;
-                    match raw(port, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n") {
+                    match raw(
+                        port,
+                        b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    ) {
                         Ok((200, _, _)) => ok += 1,
                         Ok((429, head, _)) => {
                             assert!(header(&head, "retry-after").is_some());
@@ -472,7 +476,8 @@ fn churn_of_20000_connections_leaks_no_fd_and_little_memory() {
                             _ => {
                                 // Aborted mid-frame: the head and a little of the first part.
                                 let mut s = connect(port);
-                                s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").unwrap();
+                                s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+                                    .unwrap();
                                 let mut b = [0u8; 600];
                                 let _ = s.read_exact(&mut b);
                             }

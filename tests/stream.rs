@@ -40,7 +40,9 @@ fn check_parts(parts: &[Part], size: (usize, usize), window: Duration, who: &str
 }
 
 fn twenty_viewers_on_every_url(backend: &str) {
-    if !backend_available(backend) || emulated_skip("twenty_viewers_on_every_url") {
+    if !backend_available("twenty_viewers_on_every_url", backend)
+        || emulated_skip("twenty_viewers_on_every_url")
+    {
         return;
     }
     let _g = heavy();
@@ -90,7 +92,7 @@ fn twenty_viewers_on_every_url(backend: &str) {
 }
 
 fn snapshot_and_head(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("snapshot_and_head", backend) {
         return;
     }
     let d = Daemon::start(&["--io-backend", backend, "--source", "synthetic:320x240@15"]);
@@ -110,7 +112,7 @@ fn snapshot_and_head(backend: &str) {
     }
     let (code, head, body) = raw(
         d.port,
-        b"HEAD /snapshot HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD /snapshot HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(code, 200);
@@ -122,14 +124,14 @@ fn snapshot_and_head(backend: &str) {
             .unwrap()
             > 100
     );
-    let (code, head, _) = raw(d.port, b"HEAD /stream HTTP/1.1\r\n\r\n").unwrap();
+    let (code, head, _) = raw(d.port, b"HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(code, 200);
     assert!(header(&head, "content-type")
         .unwrap()
         .starts_with("multipart/x-mixed-replace"));
     // Keep-alive: two requests on one connection, both answered.
     let mut s = connect(d.port);
-    s.write_all(b"GET /health HTTP/1.1\r\n\r\nGET /stats HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
@@ -141,7 +143,9 @@ fn snapshot_and_head(backend: &str) {
 }
 
 fn stalled_viewer_does_not_slow_others(backend: &str) {
-    if !backend_available(backend) || emulated_skip("stalled_viewer_does_not_slow_others") {
+    if !backend_available("stalled_viewer_does_not_slow_others", backend)
+        || emulated_skip("stalled_viewer_does_not_slow_others")
+    {
         return;
     }
     let _g = heavy();
@@ -164,7 +168,9 @@ fn stalled_viewer_does_not_slow_others(backend: &str) {
     stalled.set_recv_buffer_size(4096).unwrap();
     stalled.connect(&d.addr().into()).unwrap();
     let mut stalled: std::net::TcpStream = stalled.into();
-    stalled.write_all(b"GET /stream HTTP/1.1\r\n\r\n").unwrap();
+    stalled
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert!(wait_for(Duration::from_secs(5), || d.stats()["sessions"]
         ["active"]
         == 1));
@@ -206,7 +212,7 @@ fn stalled_viewer_does_not_slow_others(backend: &str) {
 }
 
 fn full_table_is_503(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("full_table_is_503", backend) {
         return;
     }
     let d = Daemon::start(&[
@@ -235,7 +241,7 @@ fn full_table_is_503(backend: &str) {
 }
 
 fn bad_requests_get_clean_errors(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("bad_requests_get_clean_errors", backend) {
         return;
     }
     let d = Daemon::start(&[
@@ -249,7 +255,7 @@ fn bad_requests_get_clean_errors(backend: &str) {
     let mut big = b"GET /stream HTTP/1.1\r\nX-Fill: ".to_vec();
     big.resize(9 * 1024, b'a');
     big.extend_from_slice(b"\r\n\r\n");
-    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    let mut many = b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec();
     for i in 0..100 {
         many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
@@ -261,10 +267,10 @@ fn bad_requests_get_clean_errors(backend: &str) {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
             400,
         ),
-        (b"BREW /stream HTTP/1.1\r\n\r\n", 405),
-        (b"DELETE /snapshot HTTP/1.1\r\n\r\n", 405),
-        (b"GET /etc/passwd HTTP/1.1\r\n\r\n", 404),
-        (b"GET /cam/nope/stream HTTP/1.1\r\n\r\n", 404),
+        (b"BREW /stream HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+        (b"DELETE /snapshot HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+        (b"GET /etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n", 404),
+        (b"GET /cam/nope/stream HTTP/1.1\r\nHost: t\r\n\r\n", 404),
     ];
     for (req, want) in cases {
         let (code, head, _) = raw(d.port, req).unwrap();
@@ -290,7 +296,7 @@ fn bad_requests_get_clean_errors(backend: &str) {
 }
 
 fn sigterm_with_viewers_exits_within_a_second(backend: &str) {
-    if !backend_available(backend) {
+    if !backend_available("sigterm_with_viewers_exits_within_a_second", backend) {
         return;
     }
     let mut d = Daemon::start(&["--io-backend", backend, "--source", "synthetic:320x240@30"]);

@@ -110,7 +110,17 @@ fn check_request(data: &[u8], r: &Request) {
     assert!(h <= MAX_REQUEST_HEAD, "head_len {h} over the limit");
     assert!(data[..h].ends_with(b"\n"), "head does not end a line");
     assert!(r.path.starts_with('/'), "path {:?}", r.path);
-    assert!(!r.path.contains('?'), "path {:?} kept its query", r.path);
+    // The path is percent-decoded (a decoded `%3F` is a literal '?'), so the query split is
+    // checked on the raw target instead: the query never holds the path's bytes.
+    assert!(!r.path.contains('\0'), "path {:?} holds a NUL", r.path);
+    if let Some(q) = &r.query {
+        assert!(
+            data[..h]
+                .windows(q.len() + 1)
+                .any(|w| w[0] == b'?' && &w[1..] == q.as_bytes()),
+            "query {q:?} is not the text after a '?' of the head"
+        );
+    }
     let target = r.path.len() + r.query.as_ref().map_or(0, |q| q.len() + 1);
     assert!(target < h, "request target longer than the head");
     // The head alone is the same request, and one byte less is not yet a request.

@@ -6,12 +6,12 @@
 //! heartbeat that proves the thread is alive.
 
 pub mod convert;
+pub mod devices;
 pub mod dht;
 pub mod dir;
 pub mod encode;
 pub mod font;
 pub mod jpeg;
-pub mod spec;
 pub mod synthetic;
 pub mod v4l2;
 pub mod workers;
@@ -23,23 +23,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::events::Events;
-use crate::health::Heartbeat;
+use crate::config::spec::SourceSpec;
+use crate::obs::events::{Event, EventBus};
+use crate::obs::health::Heartbeat;
+use crate::obs::stats::{CameraCounts, CameraView};
+pub use crate::obs::stats::{CameraState, StreamInfo};
 use crate::pool::{FramePool, SlotWriter};
 use crate::shutdown::Shutdown;
-use spec::SourceSpec;
-
-/// What a source negotiated when it opened.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct StreamInfo {
-    /// What the device delivers (`MJPG`, `YUYV`, ...) or the source kind (`synthetic`, `jpeg-files`).
-    pub format: String,
-    pub width: u32,
-    pub height: u32,
-    pub fps: f64,
-    /// JPEG bytes go out exactly as the device made them (no decode, no re-encode).
-    pub passthrough: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -69,41 +59,26 @@ pub trait FrameSource: Send {
     fn close(&mut self) {}
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CameraState {
-    Starting = 0,
-    Online = 1,
-    Offline = 2,
-}
-
-impl CameraState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CameraState::Starting => "starting",
-            CameraState::Online => "online",
-            CameraState::Offline => "offline",
-        }
-    }
-}
-
-/// Per-camera counters (all monotonic except `fps_milli` and `last_frame_us`).
+/// Per-camera counters (all monotonic except `fps_milli` and `last_frame_us`); read through
+/// [`Camera::stats`], written through `Camera`'s methods.
 #[derive(Default)]
-pub struct CameraCounters {
-    /// Frames the source delivered (valid or not).
-    pub captured: AtomicU64,
-    /// Frames lost: invalid, no free slot, encode failure.
-    pub dropped: AtomicU64,
-    /// Frames that were not valid JPEGs (a subset of `dropped`).
-    pub invalid: AtomicU64,
-    /// Placeholder frames published while offline.
-    pub placeholders: AtomicU64,
+struct CameraCounters {
+    captured: AtomicU64,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    invalid: AtomicU64,
+    placeholders: AtomicU64,
     /// Published real frames per second over the last window, times 1000.
-    pub fps_milli: AtomicU64,
-    /// Capture time of the newest real frame, microseconds since the epoch.
-    pub last_frame_us: AtomicU64,
+    fps_milli: AtomicU64,
+    last_frame_us: AtomicU64,
 }
 
+const STARTING: u8 = 0;
+const ONLINE: u8 = 1;
+const OFFLINE: u8 = 2;
+
+/// One camera: its pool, counters and state. This is the narrow sink a source publishes through
+/// (claim, publish, count, beat, stopping); it holds the event bus and shutdown, never server state.
 pub struct Camera {
     /// Position in the camera list (the `/stream` default is 0).
     pub index: usize,
@@ -111,7 +86,7 @@ pub struct Camera {
     pub spec: SourceSpec,
     pub quality: u8,
     pub pool: Arc<FramePool>,
-    pub counters: CameraCounters,
+    counters: CameraCounters,
     pub heartbeat: Arc<Heartbeat>,
     state: AtomicU8,
     /// Negotiated format and the reason for being offline; changed only on transitions.
@@ -119,7 +94,7 @@ pub struct Camera {
     frames_tx: watch::Sender<u64>,
     placeholder: Vec<u8>,
     shutdown: Arc<Shutdown>,
-    events: Arc<Events>,
+    events: Arc<EventBus>,
 }
 
 impl Camera {
@@ -130,7 +105,7 @@ impl Camera {
         quality: u8,
         heartbeat: Arc<Heartbeat>,
         shutdown: Arc<Shutdown>,
-        events: Arc<Events>,
+        events: Arc<EventBus>,
     ) -> Camera {
         let (w, h) = match &spec {
             SourceSpec::Synthetic { width, height, .. } => (*width, *height),
@@ -152,7 +127,7 @@ impl Camera {
             pool: Arc::new(FramePool::new()),
             counters: CameraCounters::default(),
             heartbeat,
-            state: AtomicU8::new(CameraState::Starting as u8),
+            state: AtomicU8::new(STARTING),
             detail: Mutex::new((StreamInfo::default(), String::new())),
             frames_tx: watch::channel(0).0,
             placeholder,
@@ -163,10 +138,60 @@ impl Camera {
 
     pub fn state(&self) -> CameraState {
         match self.state.load(Ordering::Acquire) {
-            1 => CameraState::Online,
-            2 => CameraState::Offline,
+            ONLINE => CameraState::Online,
+            OFFLINE => CameraState::Offline,
             _ => CameraState::Starting,
         }
+    }
+
+    /// The camera's frame counters.
+    pub fn stats(&self) -> CameraCounts {
+        let k = &self.counters;
+        CameraCounts {
+            captured: k.captured.load(Ordering::Relaxed),
+            published: k.published.load(Ordering::Relaxed),
+            dropped: k.dropped.load(Ordering::Relaxed),
+            invalid: k.invalid.load(Ordering::Relaxed),
+            placeholders: k.placeholders.load(Ordering::Relaxed),
+            fps: k.fps_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+            last_frame_us: k.last_frame_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The camera as the observability views show it, `clients` being its stream sessions.
+    pub fn view(&self, clients: usize) -> CameraView {
+        let (info, reason) = self.detail();
+        let counts = self.stats();
+        let last_frame_age = (counts.last_frame_us != 0)
+            .then(|| Duration::from_micros(now_us().saturating_sub(counts.last_frame_us)));
+        CameraView {
+            name: self.name.clone(),
+            source: self.spec.to_string(),
+            state: self.state(),
+            reason,
+            info,
+            nominal_fps: self.spec.nominal_fps(),
+            counts,
+            pool: self.pool.stats(),
+            clients,
+            last_frame_age,
+        }
+    }
+
+    /// Counts a frame the source delivered (valid or not).
+    pub fn count_captured(&self) {
+        self.counters.captured.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a frame lost on the way (an encode failure, no free slot).
+    pub fn count_dropped(&self) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a frame larger than a slot (and so lost).
+    pub fn count_oversize(&self) {
+        self.pool.count_oversize();
+        self.count_dropped();
     }
 
     /// Negotiated stream and, when offline, why.
@@ -203,6 +228,7 @@ impl Camera {
     ) {
         match w.publish(len, captured_us, width, height) {
             Ok(seq) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .last_frame_us
                     .store(captured_us, Ordering::Relaxed);
@@ -239,30 +265,29 @@ impl Camera {
         info!(camera = %self.name, format = %info.format, width = info.width, height = info.height,
               fps = info.fps, passthrough = info.passthrough, "camera online");
         self.events.emit(
-            "camera",
             Some(self.index),
-            serde_json::json!({"camera": self.name, "state": "online", "format": info.format,
-                "width": info.width, "height": info.height, "fps": info.fps,
-                "passthrough": info.passthrough}),
+            Event::CameraOnline {
+                camera: self.name.clone(),
+                info: info.clone(),
+            },
         );
         if let Ok(mut d) = self.detail.lock() {
             *d = (info, String::new());
         }
-        self.state
-            .store(CameraState::Online as u8, Ordering::Release);
+        self.state.store(ONLINE, Ordering::Release);
     }
 
     fn set_offline(&self, reason: &str) {
-        let was = self
-            .state
-            .swap(CameraState::Offline as u8, Ordering::AcqRel);
+        let was = self.state.swap(OFFLINE, Ordering::AcqRel);
         if let Ok(mut d) = self.detail.lock() {
-            if was != CameraState::Offline as u8 || d.1 != reason {
+            if was != OFFLINE || d.1 != reason {
                 warn!(camera = %self.name, reason, "camera offline; serving placeholder and retrying");
                 self.events.emit(
-                    "camera",
                     Some(self.index),
-                    serde_json::json!({"camera": self.name, "state": "offline", "reason": reason}),
+                    Event::CameraOffline {
+                        camera: self.name.clone(),
+                        reason: reason.to_owned(),
+                    },
                 );
             }
             d.1 = reason.to_owned();
@@ -393,9 +418,8 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
 fn update_fps(cam: &Camera, window: &mut (Instant, u64)) {
     let elapsed = window.0.elapsed();
     if elapsed >= Duration::from_secs(1) {
-        let published = cam.pool.counters.published.load(Ordering::Relaxed)
-            - cam.counters.placeholders.load(Ordering::Relaxed);
-        let fps = (published - window.1) as f64 / elapsed.as_secs_f64();
+        let published = cam.counters.published.load(Ordering::Relaxed);
+        let fps = published.saturating_sub(window.1) as f64 / elapsed.as_secs_f64();
         cam.counters
             .fps_milli
             .store((fps * 1000.0) as u64, Ordering::Relaxed);

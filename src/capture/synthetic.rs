@@ -102,9 +102,7 @@ impl FrameSource for Synthetic {
         self.frame += 1;
         let captured = now_us();
         render(img, self.frame, &cam.name);
-        cam.counters
-            .captured
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cam.count_captured();
         let Some(mut slot) = cam.claim() else {
             return Ok(());
         };

@@ -20,44 +20,12 @@ use tracing::{debug, info, warn};
 use super::convert::{RawEncoder, RawFormat};
 use super::workers::{self, Dispatch, EncodePool, Job};
 use super::{dht, now_us, Camera, FrameSource, SourceError, StreamInfo};
-pub use ioctl::offers;
 use ioctl::{DeviceFd, PixFormat};
+pub use negotiate::offers;
 use negotiate::{fourcc_str, Request};
 use stream::{Dequeued, MmapStream};
 
-/// Tunables of a V4L2 camera (config keys `buffers` and `encode_workers`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V4l2Options {
-    /// MMAP buffers requested from the driver (it may grant another number). Default 4.
-    pub buffers: u32,
-    /// Encode worker threads for raw formats. Default 2.
-    pub workers: usize,
-}
-
-impl V4l2Options {
-    /// Checks the ranges (for the config's validation): the reason names the key.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(2..=32).contains(&self.buffers) {
-            return Err(("buffers", format!("must be 2..=32 (got {})", self.buffers)));
-        }
-        if !(1..=8).contains(&self.workers) {
-            return Err((
-                "encode_workers",
-                format!("must be 1..=8 (got {})", self.workers),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for V4l2Options {
-    fn default() -> Self {
-        V4l2Options {
-            buffers: 4,
-            workers: 2,
-        }
-    }
-}
+pub use crate::config::V4l2Options;
 
 /// How long one `capture` call keeps going before it returns to `run_capture` (fps, heartbeat).
 const WINDOW: Duration = Duration::from_millis(500);
@@ -302,10 +270,10 @@ impl Live {
         {
             got = true;
             self.last_frame = Instant::now();
-            cam.counters.captured.fetch_add(1, Ordering::Relaxed);
+            cam.count_captured();
             if let Some((old, _)) = self.held.replace((d, now_us())) {
                 // A newer frame is here: the older one is skipped, its buffer goes straight back.
-                cam.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                cam.count_dropped();
                 self.requeue(old.index)?;
             }
         }

@@ -237,15 +237,15 @@ impl Worker {
             Ok(n) => {
                 // Two workers can finish out of order: never let an older frame follow a newer
                 // one (viewers would see time jump back).
-                if cam.counters.last_frame_us.load(Ordering::Relaxed) > job.captured_us {
-                    cam.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if cam.stats().last_frame_us > job.captured_us {
+                    cam.count_dropped();
                     return;
                 }
                 cam.publish(slot, n, job.captured_us, w, h);
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                cam.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                cam.count_dropped();
                 tracing::debug!(camera = %cam.name, %e, "encode failed; frame dropped");
             }
         }
@@ -268,7 +268,7 @@ mod tests {
     use super::*;
     use crate::capture::convert::RawFormat;
     use crate::capture::now_us;
-    use crate::capture::spec::SourceSpec;
+    use crate::config::spec::SourceSpec;
 
     fn camera() -> Camera {
         let spec = SourceSpec::Synthetic {
@@ -276,7 +276,7 @@ mod tests {
             height: 48,
             fps: 30.0,
         };
-        let health = crate::health::Health::new();
+        let health = crate::obs::health::Health::new();
         Camera::new(
             0,
             "t".into(),
@@ -284,7 +284,7 @@ mod tests {
             80,
             health.register("t"),
             Arc::new(crate::shutdown::Shutdown::new()),
-            Arc::new(crate::events::Events::new(4)),
+            Arc::new(crate::obs::events::EventBus::new(4)),
         )
     }
 
@@ -296,7 +296,7 @@ mod tests {
     }
 
     fn published(cam: &Camera) -> u64 {
-        cam.pool.counters.published.load(Ordering::Relaxed)
+        cam.pool.stats().published
     }
 
     fn wait(cond: impl Fn() -> bool) -> bool {
@@ -339,7 +339,7 @@ mod tests {
                     }
                     // Both frames are handled: published, or dropped because the other (newer)
                     // one was published first. Newest wins, so at least one is published.
-                    let handled = || published(&cam) + cam.counters.dropped.load(Ordering::Relaxed);
+                    let handled = || published(&cam) + cam.stats().dropped;
                     assert!(wait(|| handled() >= 2 * (round + 1)));
                     assert!(published(&cam) > round);
                     assert!(wait(|| d.lanes.iter().all(|l| !l.free.is_empty())));
@@ -372,7 +372,7 @@ mod tests {
                     captured_us: 1,
                 },
             );
-            assert!(wait(|| cam.counters.dropped.load(Ordering::Relaxed) == 1));
+            assert!(wait(|| cam.stats().dropped == 1));
         })
         .unwrap();
         assert_eq!(published(&cam), 0);

@@ -16,21 +16,6 @@ pub const BOUNDARY: &str = "boundarydonotcross";
 /// Ends every part: the CRLF that closes the JPEG and the next part's boundary line.
 pub const PART_TRAILER: &[u8] = b"\r\n--boundarydonotcross\r\n";
 
-/// The response head of a stream, including the first boundary line.
-pub fn stream_head() -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\n\
-         Content-Type: multipart/x-mixed-replace;boundary={BOUNDARY}\r\n\
-         Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n\
-         Pragma: no-cache\r\n\
-         Expires: Mon, 3 Jan 2000 12:34:56 GMT\r\n\
-         Access-Control-Allow-Origin: *\r\n\
-         Connection: close\r\n\
-         \r\n\
-         --{BOUNDARY}\r\n"
-    )
-}
-
 /// Seconds since the epoch with microseconds, as ustreamer's `X-Timestamp` has it.
 pub struct Timestamp(pub u64);
 
@@ -74,7 +59,7 @@ mod tests {
 
     #[test]
     fn head_ends_with_first_boundary() {
-        let h = stream_head();
+        let h = crate::http::response::stream_head();
         assert!(h.ends_with("\r\n\r\n--boundarydonotcross\r\n"));
         assert!(h.contains(&format!("boundary={BOUNDARY}")));
         assert!(PART_TRAILER.ends_with(format!("--{BOUNDARY}\r\n").as_bytes()));

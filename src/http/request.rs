@@ -18,7 +18,9 @@ pub enum Method {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
-    /// Path without the query string, percent-decoding not applied (none of our paths need it).
+    /// Path without the query string, percent-decoded (an encoded `/` or NUL is refused, so the
+    /// segments a route sees are the segments the client sent). Absolute-form targets
+    /// (`http://host/path`) are reduced to their path.
     pub path: String,
     /// The raw query string after `?`, if any.
     pub query: Option<String>,
@@ -89,18 +91,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         "DELETE" => Method::Delete,
         _ => Method::Other,
     };
-    let target = req.path.unwrap_or_default();
-    if !target.starts_with('/') {
-        return Err(ParseError::Malformed("request target must start with '/'"));
-    }
+    let target = origin_form(req.path.unwrap_or_default())?;
     let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
+        Some((p, q)) => (percent_decode_path(p)?, Some(q.to_owned())),
+        None => (percent_decode_path(target)?, None),
     };
     let version = req.version.unwrap_or(0);
     let mut keep_alive = version == 1;
     let mut authorization = None;
-    let mut content_length = 0usize;
+    let mut content_length = None;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             let v = std::str::from_utf8(h.value).unwrap_or("");
@@ -115,14 +115,31 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = std::str::from_utf8(h.value).ok().map(str::to_owned);
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(h.value)
+            let n: usize = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or(ParseError::Malformed("bad Content-Length"))?;
+            // Two different lengths are how requests are smuggled past a proxy that reads the
+            // other one (RFC 9112 §6.3); repeating the same value is harmless.
+            if content_length.is_some_and(|c| c != n) {
+                return Err(ParseError::Malformed("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ParseError::Malformed("request bodies are not accepted"));
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         }
     }
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly one Host.
+    if version == 1 && hosts != 1 {
+        return Err(ParseError::Malformed(if hosts == 0 {
+            "HTTP/1.1 request without Host"
+        } else {
+            "more than one Host header"
+        }));
+    }
+    let content_length = content_length.unwrap_or(0);
     Ok(Some(Request {
         method,
         path,
@@ -132,6 +149,70 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         head_len,
         content_length,
     }))
+}
+
+/// The origin-form part (`/path?query`) of a request target. Absolute-form (`http://host/path`)
+/// must be accepted by servers (RFC 9112 §3.2.2) although only proxies are sent it; the authority
+/// is dropped (this server has one name).
+fn origin_form(target: &str) -> Result<&str, ParseError> {
+    if target.starts_with('/') {
+        return Ok(target);
+    }
+    let scheme_end = target.find("://").filter(|&i| {
+        let scheme = &target[..i];
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    });
+    let Some(i) = scheme_end else {
+        return Err(ParseError::Malformed(
+            "request target must be a path or an http:// URL",
+        ));
+    };
+    let rest = &target[i + 3..];
+    let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+    if path_at == 0 {
+        return Err(ParseError::Malformed("absolute URL without a host"));
+    }
+    match &rest[path_at..] {
+        // `http://host` and `http://host?q` mean the root (RFC 9112 §3.2.2: an empty path is "/").
+        "" => Ok("/"),
+        p if p.starts_with('?') => Err(ParseError::Malformed(
+            "absolute URL with a query but no path",
+        )),
+        p => Ok(p),
+    }
+}
+
+/// Decodes `%XX` escapes in a path. An escape that is not two hex digits, one that decodes to `/`
+/// (it would move a segment boundary: `/cam/a%2Fb/stream`) or to NUL, and a result that is not
+/// UTF-8 are refused.
+fn percent_decode_path(path: &str) -> Result<String, ParseError> {
+    if !path.contains('%') {
+        return Ok(path.to_owned());
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(ParseError::Malformed("bad %-escape in path"));
+        };
+        match hi << 4 | lo {
+            b'/' => return Err(ParseError::Malformed("encoded '/' in a path segment")),
+            0 => return Err(ParseError::Malformed("encoded NUL in path")),
+            b => out.push(b),
+        }
+        i += 3;
+    }
+    String::from_utf8(out).map_err(|_| ParseError::Malformed("path is not UTF-8"))
 }
 
 fn malformed_reason(e: httparse::Error) -> &'static str {
@@ -165,6 +246,9 @@ mod tests {
     #[test]
     fn partial_then_complete() {
         assert_eq!(parse(b"GET /stream HTTP/1.1\r\nHo").unwrap(), None);
+        assert!(parse(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .is_some());
         assert!(parse(b"GET /stream HTTP/1.0\r\n\r\n").unwrap().is_some());
     }
 
@@ -176,7 +260,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(r.keep_alive);
-        let r = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let r = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!r.keep_alive);
@@ -204,9 +288,10 @@ mod tests {
         for g in [
             &b"\x00\x01\x02garbage\r\n\r\n"[..],
             b"GET\r\n\r\n",
-            b"GET http://x/ HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(parse(g).unwrap_err().status(), 400, "{g:?}");
         }
@@ -214,7 +299,81 @@ mod tests {
 
     #[test]
     fn unknown_method_parses_as_other() {
-        let r = parse(b"BREW /pot HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let r = parse(b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.method, Method::Other);
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        for bad in [
+            &b"GET /stream HTTP/1.1\r\n\r\n"[..],
+            b"GET /stream HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().status(), 400, "{bad:?}");
+        }
+        // HTTP/1.0 predates Host; an empty Host value is allowed (RFC 9112 §3.2).
+        assert!(parse(b"GET /stream HTTP/1.0\r\n\r\n").unwrap().is_some());
+        assert!(parse(b"GET /stream HTTP/1.1\r\nHost:\r\n\r\n")
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_400() {
+        let e =
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(e.unwrap_err().status(), 400);
+        let r =
+            parse(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(r.unwrap().unwrap().content_length, 5);
+    }
+
+    #[test]
+    fn absolute_form_targets_are_reduced_to_their_path() {
+        for (target, path, query) in [
+            ("http://cam.local/stream", "/stream", None),
+            (
+                "HTTP://cam.local:8080/cam/front/snapshot",
+                "/cam/front/snapshot",
+                None,
+            ),
+            ("https://h/?action=stream", "/", Some("action=stream")),
+            ("http://h", "/", None),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+            let r = parse(raw.as_bytes()).unwrap().unwrap();
+            assert_eq!(
+                (r.path.as_str(), r.query.as_deref()),
+                (path, query),
+                "{target}"
+            );
+        }
+        for bad in ["http:///stream", "http://h?x=1", "mailto://x/"] {
+            let raw = format!("GET {bad} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(parse(raw.as_bytes()).unwrap_err().status(), 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_are_percent_decoded_segment_by_segment() {
+        let p = |t: &str| {
+            let raw = format!("GET {t} HTTP/1.1\r\nHost: h\r\n\r\n");
+            parse(raw.as_bytes()).map(|r| r.unwrap().path)
+        };
+        assert_eq!(p("/cam/f%72ont/stream").unwrap(), "/cam/front/stream");
+        assert_eq!(p("/cam/k%C3%BCche/stream").unwrap(), "/cam/küche/stream");
+        assert_eq!(p("/a%3Fb?x=%2F").unwrap(), "/a?b");
+        for bad in [
+            "/cam/a%2Fb/stream",
+            "/cam/a%2fb/stream",
+            "/str%00eam",
+            "/%zz",
+            "/%4",
+            "/%C3",
+        ] {
+            assert_eq!(p(bad).unwrap_err().status(), 400, "{bad}");
+        }
     }
 }

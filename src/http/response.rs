@@ -1,6 +1,9 @@
-//! Small complete responses (errors, JSON, HTML), rendered into one buffer and sent with one write.
+//! Response heads, rendered in one place (status line, type, length, caching, CORS, connection), and
+//! small complete responses (errors, JSON, HTML) rendered into one buffer and sent with one write.
 
 use std::fmt::Write;
+
+use super::multipart::{Timestamp, BOUNDARY};
 
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -19,6 +22,36 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Unknown",
     }
+}
+
+/// `Cache-Control` for everything but streams: a frame or a figure is never worth caching.
+pub const NO_STORE: &str = "no-store";
+
+/// Renders a response head. Every response beltcam sends starts with one of these, so CORS, caching
+/// and `Connection` are decided once. `extra` holds complete header lines (`Name: value\r\n`).
+pub fn head(
+    status: u16,
+    content_type: &str,
+    content_length: Option<usize>,
+    extra: &str,
+    cache_control: &str,
+    close: bool,
+) -> String {
+    let mut out = String::with_capacity(256 + extra.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n",
+        reason(status)
+    );
+    if let Some(n) = content_length {
+        let _ = write!(out, "Content-Length: {n}\r\n");
+    }
+    let _ = write!(
+        out,
+        "{extra}Cache-Control: {cache_control}\r\nAccess-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
+        if close { "close" } else { "keep-alive" }
+    );
+    out
 }
 
 /// A response being built: status, extra headers, body.
@@ -67,19 +100,15 @@ impl Response {
 
     /// Head and (unless `head_only`) body, ready to write.
     pub fn render(&self, head_only: bool) -> Vec<u8> {
-        let mut out = String::with_capacity(256 + self.extra.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{}Connection: {}\r\n\r\n",
+        let mut bytes = head(
             self.status,
-            reason(self.status),
             self.content_type,
-            self.body.len(),
-            self.extra,
-            if self.close { "close" } else { "keep-alive" },
-        );
-        let mut bytes = out.into_bytes();
+            Some(self.body.len()),
+            &self.extra,
+            NO_STORE,
+            self.close,
+        )
+        .into_bytes();
         if !head_only {
             bytes.extend_from_slice(&self.body);
         }
@@ -89,14 +118,27 @@ impl Response {
 
 /// The head of a snapshot response; the JPEG bytes follow from the lease.
 pub fn snapshot_head(jpeg_len: usize, timestamp_us: u64, seq: u64, close: bool) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg_len}\r\n\
-         X-Timestamp: {}\r\nX-Frame: {seq}\r\nCache-Control: no-store\r\n\
-         Access-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
-        super::multipart::Timestamp(timestamp_us),
-        if close { "close" } else { "keep-alive" },
-    )
-    .into_bytes()
+    let extra = format!(
+        "X-Timestamp: {}\r\nX-Frame: {seq}\r\n",
+        Timestamp(timestamp_us)
+    );
+    head(200, "image/jpeg", Some(jpeg_len), &extra, NO_STORE, close).into_bytes()
+}
+
+/// The response head of a stream, including the first boundary line.
+pub fn stream_head() -> String {
+    let mut h = head(
+        200,
+        &format!("multipart/x-mixed-replace;boundary={BOUNDARY}"),
+        None,
+        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\n",
+        "no-store, no-cache, must-revalidate, max-age=0",
+        true,
+    );
+    h.push_str("--");
+    h.push_str(BOUNDARY);
+    h.push_str("\r\n");
+    h
 }
 
 #[cfg(test)]

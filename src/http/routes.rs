@@ -108,9 +108,31 @@ mod tests {
     use super::*;
     use crate::http::request::parse;
 
+    /// Routes a request line (the helper adds the Host header HTTP/1.1 requires).
     fn r(raw: &str) -> Result<Route, RouteError> {
+        let raw = raw.replacen("\r\n", "\r\nHost: t\r\n", 1);
         let req = parse(raw.as_bytes()).unwrap().unwrap();
         route(&req, |n| ["front", "back"].iter().position(|c| *c == n))
+    }
+
+    #[test]
+    fn encoded_and_absolute_form_urls_reach_the_same_routes() {
+        assert_eq!(
+            r("GET /cam/f%72ont/stream HTTP/1.1\r\n\r\n"),
+            Ok(Route::Stream(0))
+        );
+        assert_eq!(
+            r("GET /cam/back/sn%61pshot HTTP/1.1\r\n\r\n"),
+            Ok(Route::Snapshot(1))
+        );
+        assert_eq!(
+            r("GET http://cam:8080/stream HTTP/1.1\r\n\r\n"),
+            Ok(Route::Stream(0))
+        );
+        assert_eq!(
+            r("GET http://cam/?action=snapshot HTTP/1.1\r\n\r\n"),
+            Ok(Route::Snapshot(0))
+        );
     }
 
     #[test]

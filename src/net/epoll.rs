@@ -4,17 +4,20 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{pollout_now, run_thread, Acceptor, Conn};
-use crate::app::App;
-use crate::health::Heartbeat;
+use super::{pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
 use crate::pool::LeaseBuf;
 
 pub struct EpollConn(TcpStream);
+
+impl EpollConn {
+    pub fn new(stream: TcpStream) -> Self {
+        EpollConn(stream)
+    }
+}
 
 impl Conn for EpollConn {
     async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -66,6 +69,12 @@ impl Conn for EpollConn {
 
 pub struct EpollAcceptor(TcpListener);
 
+impl EpollAcceptor {
+    pub fn new(listener: TcpListener) -> Self {
+        EpollAcceptor(listener)
+    }
+}
+
 impl Acceptor for EpollAcceptor {
     type Conn = EpollConn;
     async fn accept(&self) -> io::Result<(EpollConn, SocketAddr)> {
@@ -75,27 +84,17 @@ impl Acceptor for EpollAcceptor {
     }
 }
 
-pub fn serve(app: Arc<App>, listeners: Vec<std::net::TcpListener>, heartbeat: Arc<Heartbeat>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(%e, "cannot start the epoll runtime");
-            app.shutdown.trigger();
-            return;
-        }
-    };
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let mut acceptors = Vec::new();
-        for l in listeners {
-            match TcpListener::from_std(l) {
-                Ok(l) => acceptors.push(EpollAcceptor(l)),
-                Err(e) => tracing::error!(%e, "cannot register a listener"),
-            }
+        for l in t.listeners {
+            acceptors.push(EpollAcceptor(TcpListener::from_std(l)?));
         }
-        run_thread(app, acceptors, heartbeat).await;
-    });
+        run_thread(acceptors, t.shutdown, t.heartbeat, t.handler, t.started).await;
+        Ok(())
+    })
 }

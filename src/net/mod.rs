@@ -4,10 +4,14 @@
 //! and Kubernetes' default seccomp, RHEL's default, qemu-user), so the server is written once against
 //! the small [`Conn`] trait and each backend supplies a runtime, an accept loop and a `Conn`.
 //! Swapping or adding a backend touches only this folder.
+//!
+//! This layer knows no application: it takes listeners, the shutdown signal, a heartbeat and a
+//! [`Handler`] that is given every accepted connection. Admission, counters and HTTP live above.
 
 pub mod epoll;
 pub mod uring;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -15,9 +19,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::app::App;
 use crate::config::IoBackendChoice;
+use crate::obs::health::Heartbeat;
 use crate::pool::LeaseBuf;
+use crate::shutdown::Shutdown;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -107,6 +112,12 @@ pub fn pollout_now(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Shuts the write side of a socket: the peer reads what was sent, then EOF.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall on an fd the caller's connection owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
 /// Socket options for a streaming session: a send buffer that holds a whole frame (the kernel
 /// doubles the value) and a low not-sent mark, so "writable" means "drained".
 pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
@@ -117,6 +128,11 @@ pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
     if sock.send_buffer_size().map_or(true, |cur| cur < want * 2) {
         let _ = sock.set_send_buffer_size(want);
     }
+    set_notsent_lowat(fd);
+}
+
+/// TCP_NOTSENT_LOWAT at 32 KiB: "writable" (see [`pollout_now`]) then means "drained".
+pub fn set_notsent_lowat(fd: RawFd) {
     let lowat: libc::c_int = 32 * 1024;
     // SAFETY: setsockopt with a valid fd and an int option value.
     unsafe {
@@ -130,20 +146,65 @@ pub fn tune_for_stream(fd: RawFd, frame_len: usize) {
     }
 }
 
-/// Runs one serving thread's runtime until shutdown.
-pub fn serve(
-    app: Arc<App>,
-    listeners: Vec<std::net::TcpListener>,
-    heartbeat: Arc<crate::health::Heartbeat>,
-) {
-    match app.backend {
-        Backend::Uring => uring::serve(app, listeners, heartbeat),
-        Backend::Epoll => epoll::serve(app, listeners, heartbeat),
+/// What the application gives the io layer: it is handed every accepted connection, on the
+/// serving thread that accepted it (a `LocalSet` task; the future need not be `Send`).
+pub trait Handler: Send + Sync + 'static {
+    fn serve<C: Conn + 'static>(
+        self: Arc<Self>,
+        conn: C,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + 'static;
+}
+
+/// What one serving thread runs: its listeners (clones of the shared ones), the shutdown signal, its
+/// heartbeat, and the application's handler.
+pub struct ServeThread<H> {
+    pub listeners: Vec<std::net::TcpListener>,
+    pub shutdown: Arc<Shutdown>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub handler: Arc<H>,
+    /// Called once the runtime is up and the listeners registered, before serving.
+    pub started: Box<dyn FnOnce() + Send>,
+}
+
+/// Runs one serving thread's runtime until shutdown. An error means the runtime could not be
+/// built (e.g. io_uring refused memory after the start-up probe passed): a clean start-up error.
+pub fn serve<H: Handler>(backend: Backend, thread: ServeThread<H>) -> io::Result<()> {
+    match backend {
+        Backend::Uring => uring::serve(thread),
+        Backend::Epoll => epoll::serve(thread),
     }
 }
 
+/// How long `bind` retries an address that is still in use.
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds a listening socket the way every backend wants it: SO_REUSEADDR, non-blocking, deep backlog.
+///
+/// A killed predecessor's listening socket can outlive it briefly (an io_uring instance tears down
+/// asynchronously after the process is gone, holding its files), so EADDRINUSE is retried for up
+/// to `BIND_RETRY`, logged once, before start-up fails: systemd's restart 100 ms after a crash
+/// must not fail on it.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let mut logged = false;
+    loop {
+        match bind_once(addr) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    warn!(%addr, "address in use (a previous instance may still be closing); retrying for up to 2 s");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn bind_once(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -165,51 +226,55 @@ pub trait Acceptor {
 
 /// The body of a serving thread, the same on every backend (both run tasks on a `LocalSet`): a
 /// heartbeat ticker and one accept loop per listener, until shutdown.
-pub async fn run_thread<A: Acceptor + 'static>(
-    app: Arc<App>,
+pub async fn run_thread<A: Acceptor + 'static, H: Handler>(
     acceptors: Vec<A>,
-    heartbeat: Arc<crate::health::Heartbeat>,
+    shutdown: Arc<Shutdown>,
+    heartbeat: Arc<Heartbeat>,
+    handler: Arc<H>,
+    started: Box<dyn FnOnce() + Send>,
 ) {
-    let mut shutdown = app.shutdown.subscribe();
+    started();
+    let mut stop = shutdown.subscribe();
     tokio::task::spawn_local(async move {
         loop {
             heartbeat.beat();
             #[cfg(debug_assertions)]
-            crate::health::debug_wedge_hook(&heartbeat);
+            crate::obs::health::debug_wedge_hook(&heartbeat);
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
     for acceptor in acceptors {
-        tokio::task::spawn_local(accept_loop(Arc::clone(&app), acceptor));
+        tokio::task::spawn_local(accept_loop(
+            acceptor,
+            Arc::clone(&shutdown),
+            Arc::clone(&handler),
+        ));
     }
-    crate::shutdown::triggered(&mut shutdown).await;
+    crate::shutdown::triggered(&mut stop).await;
     // Sessions watch shutdown too; give them a moment to close their sockets.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-async fn accept_loop<A: Acceptor + 'static>(app: Arc<App>, acceptor: A) {
-    use crate::app::{PendingGuard, ServerCounters};
-    use crate::limits::MAX_PENDING_CONNECTIONS;
-    let mut shutdown = app.shutdown.subscribe();
+async fn accept_loop<A: Acceptor + 'static, H: Handler>(
+    acceptor: A,
+    shutdown: Arc<Shutdown>,
+    handler: Arc<H>,
+) {
+    let mut stop = shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
             r = acceptor.accept() => r,
-            _ = crate::shutdown::triggered(&mut shutdown) => return,
+            _ = crate::shutdown::triggered(&mut stop) => return,
         };
-        let (conn, peer) = match accepted {
-            Ok(c) => c,
+        match accepted {
+            Ok((conn, peer)) => {
+                tokio::task::spawn_local(Arc::clone(&handler).serve(conn, peer));
+            }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays open.
                 warn!(%e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
             }
-        };
-        ServerCounters::bump(&app.counters.accepted);
-        let Some(pending) = PendingGuard::try_new(&app.pending, MAX_PENDING_CONNECTIONS) else {
-            ServerCounters::bump(&app.counters.pending_rejected);
-            continue; // dropping `conn` closes it
-        };
-        tokio::task::spawn_local(crate::server::handle(Arc::clone(&app), conn, peer, pending));
+        }
     }
 }

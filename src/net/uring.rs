@@ -5,16 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::{pollout_now, run_thread, Acceptor, Conn};
-use crate::app::App;
-use crate::health::Heartbeat;
+use super::{pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
 use crate::pool::LeaseBuf;
 
 pub struct UringConn {
@@ -67,7 +64,24 @@ impl Conn for UringConn {
     }
 }
 
+/// Dropping the connection shuts the socket down first: an io_uring read or write still in flight
+/// (a request-head read whose deadline passed, a frame write given up on) then completes at once
+/// and releases its buffer and the fd, instead of whenever the peer next sends or reads. Without
+/// this, every timed-out silent connection kept its fd until the peer went away.
+impl Drop for UringConn {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on the fd `stream` still owns (fields drop after this).
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+    }
+}
+
 pub struct UringAcceptor(TcpListener);
+
+impl UringAcceptor {
+    pub fn new(listener: std::net::TcpListener) -> Self {
+        UringAcceptor(TcpListener::from_std(listener))
+    }
+}
 
 impl Acceptor for UringAcceptor {
     type Conn = UringConn;
@@ -86,12 +100,13 @@ impl Acceptor for UringAcceptor {
     }
 }
 
-pub fn serve(app: Arc<App>, listeners: Vec<std::net::TcpListener>, heartbeat: Arc<Heartbeat>) {
-    tokio_uring::builder().entries(1024).start(async move {
-        let acceptors = listeners
-            .into_iter()
-            .map(|l| UringAcceptor(TcpListener::from_std(l)))
-            .collect();
-        run_thread(app, acceptors, heartbeat).await;
+pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
+    // `Runtime::new` rather than `builder().start()`, which panics when the ring cannot be set up
+    // (RLIMIT_MEMLOCK on kernels before 5.12, a seccomp filter applied after the probe).
+    let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
+    rt.block_on(async move {
+        let acceptors = t.listeners.into_iter().map(UringAcceptor::new).collect();
+        run_thread(acceptors, t.shutdown, t.heartbeat, t.handler, t.started).await;
     });
+    Ok(())
 }

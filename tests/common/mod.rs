@@ -9,6 +9,39 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Where every skip of this `cargo test` run is recorded (dev.sh clears it before the run and prints
+/// it after, so skips show in CI logs although cargo hides a passing test's stderr).
+pub fn skips_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-skips.txt")
+}
+
+/// Says that `test` (or a part of it) cannot run here and why: a `SKIP` line on stderr and in
+/// `skips_file()`. Under `CI=true` a skip is a failure unless `reason` starts with one of
+/// `allowed_in_ci`: CI lists what it may legitimately lack (e.g. io_uring under a seccomp
+/// profile); anything else CI is meant to run must run. The caller returns after this.
+pub fn skip(test: &str, reason: &str, allowed_in_ci: &[&str]) {
+    let line = format!("SKIP {test}: {reason}");
+    eprintln!("{line}");
+    let path = skips_file();
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        // One write per line: parallel tests append whole lines.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if in_ci && !allowed_in_ci.iter().any(|a| reason.starts_with(a)) {
+        panic!(
+            "{line}: CI=true and this skip is not in the test's CI allow-list {allowed_in_ci:?}"
+        );
+    }
+}
+
 /// Tests that measure frame rates run one at a time: this machine has two cores.
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -23,20 +56,31 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// The io backends a test runs on; io_uring is skipped (with the reason printed) where the kernel
-/// or sandbox refuses it, e.g. under qemu-user.
-pub fn backend_available(backend: &str) -> bool {
+/// Skip reasons CI may legitimately give: the runner chose them explicitly (the aarch64 tests run
+/// under qemu-user, which has no io_uring and is too slow for frame-rate assertions).
+pub const CI_MAY_SKIP: [&str; 2] = [SKIP_URING_SET, EMULATED];
+const SKIP_URING_SET: &str = "BELTCAM_SKIP_URING is set";
+const EMULATED: &str = "BELTCAM_EMULATED is set";
+
+/// The io backends a test runs on; io_uring is skipped (with a SKIP line) where the runner says so
+/// with BELTCAM_SKIP_URING. Where the kernel or sandbox refuses io_uring without being told, the
+/// skip is visible and, under CI=true, a failure: CI is meant to test both backends.
+pub fn backend_available(test: &str, backend: &str) -> bool {
     if backend != "uring" {
         return true;
     }
     if std::env::var_os("BELTCAM_SKIP_URING").is_some() {
-        eprintln!("skipping the io_uring run: BELTCAM_SKIP_URING is set");
+        skip(&format!("{test} (uring)"), SKIP_URING_SET, &CI_MAY_SKIP);
         return false;
     }
     match beltcam::net::probe_uring() {
         None => true,
         Some(e) => {
-            eprintln!("skipping the io_uring run: io_uring unavailable here ({e})");
+            skip(
+                &format!("{test} (uring)"),
+                &format!("io_uring unavailable here ({e})"),
+                &CI_MAY_SKIP,
+            );
             false
         }
     }
@@ -46,7 +90,11 @@ pub fn backend_available(backend: &str) -> bool {
 /// several times slower than a Pi): such tests skip, saying so, when BELTCAM_EMULATED is set.
 pub fn emulated_skip(test: &str) -> bool {
     if std::env::var_os("BELTCAM_EMULATED").is_some() {
-        eprintln!("skipping {test}: frame-rate assertions are not meaningful under emulation (BELTCAM_EMULATED)");
+        skip(
+            test,
+            &format!("{EMULATED}: frame-rate assertions are not meaningful under emulation"),
+            &CI_MAY_SKIP,
+        );
         return true;
     }
     false
@@ -232,7 +280,7 @@ pub fn get_from(src: &str, port: u16, path: &str) -> std::io::Result<(u16, Strin
     sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     parse_response(&out)

@@ -15,8 +15,6 @@ use v4l::v4l2;
 use v4l::v4l2::vidioc;
 use v4l::v4l_sys::*;
 
-use super::negotiate::{FormatOffer, SizeOffer};
-
 /// An open V4L2 node (non-blocking, so VIDIOC_DQBUF returns EAGAIN instead of waiting).
 pub struct DeviceFd {
     fd: OwnedFd,
@@ -249,41 +247,4 @@ impl DeviceFd {
         let t = unsafe { p.parm.capture.timeperframe };
         Ok((t.numerator != 0 && t.denominator != 0).then_some((t.numerator, t.denominator)))
     }
-}
-
-/// Everything the device offers, for negotiation and `beltcam devices`.
-pub fn offers(dev: &DeviceFd, want: Option<(u32, u32)>) -> io::Result<Vec<FormatOffer>> {
-    let mut out = Vec::new();
-    for f in dev.formats()? {
-        let raw_sizes = dev.sizes(f.fourcc)?;
-        let stepwise = raw_sizes.iter().find_map(|s| match s {
-            SizeEnum::Stepwise([a, b, c, d, e, g]) => {
-                Some(format!("{a}x{b} to {c}x{d}, step {e}x{g}"))
-            }
-            _ => None,
-        });
-        let mut sizes = Vec::new();
-        for (w, h) in super::negotiate::size_list(&raw_sizes, want) {
-            let intervals = super::negotiate::interval_list(&dev.intervals(f.fourcc, w, h)?);
-            let fps = intervals
-                .iter()
-                .map(|&i| (super::negotiate::fps_of(i) * 1000.0).round() / 1000.0)
-                .collect();
-            sizes.push(SizeOffer {
-                width: w,
-                height: h,
-                intervals,
-                fps,
-            });
-        }
-        out.push(FormatOffer {
-            fourcc: f.fourcc,
-            description: f.description,
-            compressed: f.compressed,
-            usable: super::negotiate::usable(f.fourcc),
-            sizes,
-            stepwise,
-        });
-    }
-    Ok(out)
 }

@@ -6,13 +6,15 @@
 //! says so, for the log). With no mode asked for, the target is 1280x720 at the highest rate the
 //! camera has at that size: a sensible default for a belt camera streamed to browsers.
 
+use std::io;
+
 use serde::Serialize;
 
-use super::ioctl::{IntervalEnum, SizeEnum};
+use super::ioctl::{DeviceFd, IntervalEnum, SizeEnum};
 use crate::capture::convert::{RawFormat, RAW_PREFERENCE};
 
 /// The size used when none is requested.
-pub const DEFAULT_SIZE: (u32, u32) = (1280, 720);
+pub const DEFAULT_SIZE: (u32, u32) = crate::config::spec::DEFAULT_V4L2_SIZE;
 
 /// Compressed formats that are JPEG frames and can be passed through. Some cameras say `JPEG`.
 pub const JPEG_FOURCCS: [[u8; 4]; 2] = [*b"MJPG", *b"JPEG"];
@@ -207,6 +209,43 @@ pub fn choose(offers: &[FormatOffer], req: &Request) -> Result<Choice, String> {
         passthrough: JPEG_FOURCCS.contains(&fmt.fourcc),
         notes,
     })
+}
+
+/// Everything the device offers, for negotiation and `beltcam devices`.
+pub fn offers(dev: &DeviceFd, want: Option<(u32, u32)>) -> io::Result<Vec<FormatOffer>> {
+    let mut out = Vec::new();
+    for f in dev.formats()? {
+        let raw_sizes = dev.sizes(f.fourcc)?;
+        let stepwise = raw_sizes.iter().find_map(|s| match s {
+            SizeEnum::Stepwise([a, b, c, d, e, g]) => {
+                Some(format!("{a}x{b} to {c}x{d}, step {e}x{g}"))
+            }
+            _ => None,
+        });
+        let mut sizes = Vec::new();
+        for (w, h) in size_list(&raw_sizes, want) {
+            let intervals = interval_list(&dev.intervals(f.fourcc, w, h)?);
+            let fps = intervals
+                .iter()
+                .map(|&i| (fps_of(i) * 1000.0).round() / 1000.0)
+                .collect();
+            sizes.push(SizeOffer {
+                width: w,
+                height: h,
+                intervals,
+                fps,
+            });
+        }
+        out.push(FormatOffer {
+            fourcc: f.fourcc,
+            description: f.description,
+            compressed: f.compressed,
+            usable: usable(f.fourcc),
+            sizes,
+            stepwise,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,26 +1,26 @@
 //! One connection's life: read a request head (bounded, with a deadline), check limits and
-//! credentials, route it, answer it. Streams and snapshots are delivered by `deliver`.
-//!
-//! Written once against `net::Conn`, so io_uring and epoll run exactly this code.
+//! credentials, route it, answer it. Streams and snapshots are delivered by `deliver`, event
+//! streams by `sse`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
-use crate::app::{App, PendingGuard, ServerCounters};
-use crate::auth::Denied;
-use crate::guard::Refusal;
+use super::respond::{refuse, send};
+use super::{admin, deliver, page, sse, Count, Server};
+use crate::admit::auth::Denied;
+use crate::admit::ipguard::Refusal;
+use crate::admit::pending::PendingPlace;
 use crate::http::request::{self, Method, ParseError, Request};
 use crate::http::response::Response;
 use crate::http::routes::{route, Route, RouteError};
 use crate::limits::MAX_REQUEST_HEAD;
 use crate::net::Conn;
+use crate::obs::{self, health::Status};
 use crate::shutdown::triggered;
-use crate::{admin, deliver, events, index, metrics, stats};
 
 enum ReadOutcome {
     Request(Request),
@@ -34,7 +34,12 @@ enum ReadOutcome {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pending: PendingGuard) {
+pub async fn handle<C: Conn>(
+    app: Arc<Server>,
+    mut conn: C,
+    peer: SocketAddr,
+    pending: PendingPlace,
+) {
     if let Err(Refusal::Rate { retry_after_s }) = app.guard.on_connect(peer.ip()) {
         let r = Response::error(429, "too many connections from this address")
             .header("Retry-After", retry_after_s);
@@ -50,28 +55,31 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
         } else {
             app.settings.keepalive_timeout
         };
-        let (outcome, back) = read_request(&mut conn, buf, limit, &mut shutdown).await;
+        // Between keep-alive requests the connection is idle: the first to go when the pending
+        // table is full (see `admit::pending`).
+        pending.set_idle(!first);
+        let (outcome, back) = read_request(&mut conn, buf, limit, &mut shutdown, &pending).await;
+        pending.set_idle(false);
         let req = match outcome {
             ReadOutcome::Request(r) => r,
             ReadOutcome::Gone => return,
             ReadOutcome::Idle => {
                 if first {
-                    ServerCounters::bump(&app.counters.request_timeouts);
+                    app.count(Count::RequestTimeout);
                 }
                 return;
             }
             ReadOutcome::Timeout => {
-                ServerCounters::bump(&app.counters.request_timeouts);
+                app.count(Count::RequestTimeout);
                 let r = Response::error(408, "request head not received in time");
                 refuse(&app, &mut conn, r).await;
                 return;
             }
             ReadOutcome::Bad(e) => {
-                let counter = match e.status() {
-                    431 => &app.counters.too_large,
-                    _ => &app.counters.bad_request,
-                };
-                ServerCounters::bump(counter);
+                app.count(match e.status() {
+                    431 => Count::TooLarge,
+                    _ => Count::BadRequest,
+                });
                 debug!(%peer, %e, "bad request");
                 let r = Response::error(e.status(), &e.to_string());
                 refuse(&app, &mut conn, r).await;
@@ -79,7 +87,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
             }
         };
         let Some(mut buf_back) = back else { return };
-        ServerCounters::bump(&app.counters.requests);
+        app.count(Count::Request);
         let started = std::time::Instant::now();
         // Bodies are never used; rather than read one, answer and close.
         let close = !req.keep_alive || req.content_length > 0 || app.shutdown.is_triggered();
@@ -87,7 +95,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
         let routed = route(&req, |n| app.camera_index(n));
         let resp = match routed.map(|r| (r, authorize(&app, r, peer, &req))) {
             Ok((_, Some(denied))) => {
-                ServerCounters::bump(&app.counters.rejected_auth);
+                app.count(Count::RejectedAuth);
                 Some(denied)
             }
             Ok((Route::Stream(cam), None)) => {
@@ -97,7 +105,7 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
             }
             Ok((Route::Events, None)) => {
                 drop(pending); // the subscriber limit bounds it from here
-                events_route(&app, &mut conn, &req).await;
+                sse::route(&app, &mut conn, &req, peer).await;
                 return;
             }
             Ok((Route::Snapshot(cam), None)) => {
@@ -110,35 +118,33 @@ pub async fn handle<C: Conn>(app: Arc<App>, mut conn: C, peer: SocketAddr, pendi
             Ok((Route::Index, None)) => Some(Response::new(
                 200,
                 "text/html; charset=utf-8",
-                index::page(&app),
+                page::page(&app),
             )),
             Ok((Route::Health, None)) => {
-                let (status, body) = stats::health(&app);
-                let code = if status == crate::health::Status::Ok {
-                    200
-                } else {
-                    503
-                };
+                let (status, body) = obs::render::health(&app.snapshot());
+                let code = if status == Status::Ok { 200 } else { 503 };
                 Some(Response::json(code, &body))
             }
-            Ok((Route::Stats, None)) => Some(Response::json(200, &stats::stats(&app))),
+            Ok((Route::Stats, None)) => {
+                Some(Response::json(200, &obs::render::stats(&app.snapshot())))
+            }
             Ok((Route::Metrics, None)) => Some(Response::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&app),
+                obs::metrics::render(&app.snapshot()),
             )),
             Ok((Route::Sessions, None)) => Some(admin::list(&app)),
             Ok((Route::SessionClose(id), None)) => Some(admin::close(&app, id)),
             Ok((Route::SessionsCloseOlder, None)) => Some(admin::close_older(&app, &req)),
             Err(RouteError::NotFound) => {
-                ServerCounters::bump(&app.counters.not_found);
+                app.count(Count::NotFound);
                 Some(Response::error(
                     404,
                     &format!("no such endpoint: {}", req.path),
                 ))
             }
             Err(RouteError::MethodNotAllowed(allow)) => {
-                ServerCounters::bump(&app.counters.method_not_allowed);
+                app.count(Count::MethodNotAllowed);
                 Some(Response::error(405, "method not allowed").header("Allow", allow))
             }
         };
@@ -163,6 +169,7 @@ async fn read_request<C: Conn>(
     mut buf: Vec<u8>,
     limit: Duration,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    pending: &PendingPlace,
 ) -> (ReadOutcome, Option<Vec<u8>>) {
     let deadline = Instant::now() + limit;
     loop {
@@ -175,6 +182,7 @@ async fn read_request<C: Conn>(
         let read = tokio::select! {
             r = timeout_at(deadline, conn.read(buf)) => r,
             _ = triggered(shutdown) => return (ReadOutcome::Gone, None),
+            _ = pending.evicted() => return (ReadOutcome::Gone, None),
         };
         match read {
             Err(_) if was_empty => return (ReadOutcome::Idle, None),
@@ -185,25 +193,8 @@ async fn read_request<C: Conn>(
     }
 }
 
-/// Sends a refusal (an error answered before closing the connection).
-pub async fn refuse<C: Conn>(app: &App, conn: &mut C, r: Response) {
-    send(app, conn, r.closing().render(false)).await;
-}
-
-/// Writes a small response within the send timeout; false if the connection is done for.
-pub async fn send<C: Conn>(app: &App, conn: &mut C, bytes: Vec<u8>) -> bool {
-    let n = bytes.len() as u64;
-    match timeout(app.settings.send_timeout, conn.write_all(bytes)).await {
-        Ok((Ok(()), _)) => {
-            app.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
-            true
-        }
-        _ => false,
-    }
-}
-
 /// The refusal to send, if the route needs credentials the request lacks.
-fn authorize(app: &App, route: Route, peer: SocketAddr, req: &Request) -> Option<Response> {
+fn authorize(app: &Server, route: Route, peer: SocketAddr, req: &Request) -> Option<Response> {
     let authz = req.authorization.as_deref();
     if route.is_admin() {
         return match app.auth.admin(peer.ip(), authz) {
@@ -225,25 +216,4 @@ fn authorize(app: &App, route: Route, peer: SocketAddr, req: &Request) -> Option
         ));
     }
     None
-}
-
-/// `/events[?camera=NAME]`: a bounded number of subscribers.
-async fn events_route<C: Conn>(app: &App, conn: &mut C, req: &Request) {
-    let camera = match req.query_param("camera") {
-        None => None,
-        Some(name) => match app.camera_index(name) {
-            Some(i) => Some(i),
-            None => {
-                let r = Response::error(404, &format!("no camera {name:?}"));
-                refuse(app, conn, r).await;
-                return;
-            }
-        },
-    };
-    let Some(sub) = app.events.subscribe() else {
-        let r = Response::error(503, "too many event subscribers").header("Retry-After", 5);
-        refuse(app, conn, r).await;
-        return;
-    };
-    events::serve(app, conn, sub, camera).await;
 }

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::app::App;
+use super::Server;
 use crate::http::request::Request;
 use crate::http::response::Response;
 
 /// `GET /sessions`
-pub fn list(app: &App) -> Response {
+pub fn list(app: &Server) -> Response {
     let sessions: Vec<_> = app
         .sessions
         .list()
@@ -32,7 +32,7 @@ pub fn list(app: &App) -> Response {
 }
 
 /// `DELETE /sessions/ID`
-pub fn close(app: &App, id: u64) -> Response {
+pub fn close(app: &Server, id: u64) -> Response {
     if app.sessions.close(id) {
         Response::json(200, &json!({ "closed": [id] }))
     } else {
@@ -41,7 +41,7 @@ pub fn close(app: &App, id: u64) -> Response {
 }
 
 /// `POST /sessions/close?older_than=SECONDS`
-pub fn close_older(app: &App, req: &Request) -> Response {
+pub fn close_older(app: &Server, req: &Request) -> Response {
     let secs = req
         .query_param("older_than")
         .and_then(|v| v.parse::<f64>().ok());

@@ -7,19 +7,23 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::capture::spec::SourceSpec;
-use crate::capture::v4l2::V4l2Options;
+pub mod budget;
+pub mod spec;
+
+use budget::{Budget, CameraLoad, DEFAULT_MEMORY_BUDGET_MB};
 use crate::limits::{
     MAX_CAMERAS, MAX_CAMERA_NAME, MAX_EVENT_SUBSCRIBERS, MAX_LISTENERS, MAX_SERVING_THREADS,
     MAX_SESSIONS,
 };
 
+use spec::SourceSpec;
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/beltcam/beltcam.toml";
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoBackendChoice {
     /// io_uring when the kernel allows it, else epoll.
@@ -29,7 +33,7 @@ pub enum IoBackendChoice {
     Epoll,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -45,7 +49,7 @@ pub struct Config {
     pub cameras: Vec<CameraConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to listen on. Default `["0.0.0.0:8080"]`. Ignored under socket activation.
@@ -81,7 +85,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Concurrent stream sessions from one client IP. Default 8.
@@ -90,6 +94,10 @@ pub struct LimitsConfig {
     pub connects_per_minute: u32,
     /// Concurrent `/events` subscribers. Default 32 (at most 64).
     pub max_event_subscribers: usize,
+    /// Worst-case memory the configuration may need, in MiB (`check-config` prints the estimate);
+    /// a configuration above it is refused. Default 200: the shipped unit's `MemoryMax=256M` less
+    /// headroom for what is not itemised.
+    pub memory_budget_mb: u64,
 }
 
 impl Default for LimitsConfig {
@@ -98,25 +106,29 @@ impl Default for LimitsConfig {
             max_clients_per_ip: 8,
             connects_per_minute: 120,
             max_event_subscribers: 32,
+            memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
         }
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// File of `user:password` lines; when set, viewers (streams, snapshots, the page, events) need
     /// HTTP Basic credentials from it. Default: none (open).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub viewers_file: Option<PathBuf>,
     /// File holding the admin bearer token for `/sessions`. Default: `$CREDENTIALS_DIRECTORY/admin-token`
     /// when systemd's LoadCredential provides it; with no token, admin endpoints answer only loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `error`, `warn`, `info` (default), `debug`, `trace`, or a tracing filter directive.
+    /// `error`, `warn`, `info` (default), `debug`, `trace`, `off`, or tracing filter directives
+    /// such as `beltcam=debug,info` (every directive must name one of those levels).
     pub level: String,
 }
 
@@ -128,7 +140,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Name in URLs (`/cam/NAME/stream`) and labels: letters, digits, `-`, `_`; at most 32.
@@ -203,6 +215,9 @@ pub struct Settings {
     pub max_event_subscribers: usize,
     pub auth: AuthConfig,
     pub cameras: Vec<CameraSettings>,
+    /// The worst-case memory of this configuration, and the budget it was checked against.
+    pub budget: Budget,
+    pub memory_budget_mb: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +226,40 @@ pub struct CameraSettings {
     pub source: SourceSpec,
     pub quality: u8,
     pub v4l2: V4l2Options,
+}
+
+/// Tunables of a V4L2 camera (config keys `buffers` and `encode_workers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4l2Options {
+    /// MMAP buffers requested from the driver (it may grant another number). Default 4.
+    pub buffers: u32,
+    /// Encode worker threads for raw formats. Default 2.
+    pub workers: usize,
+}
+
+impl V4l2Options {
+    /// Checks the ranges (for the config's validation): the reason names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(2..=32).contains(&self.buffers) {
+            return Err(("buffers", format!("must be 2..=32 (got {})", self.buffers)));
+        }
+        if !(1..=8).contains(&self.workers) {
+            return Err((
+                "encode_workers",
+                format!("must be 1..=8 (got {})", self.workers),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for V4l2Options {
+    fn default() -> Self {
+        V4l2Options {
+            buffers: 4,
+            workers: 2,
+        }
+    }
 }
 
 impl Config {
@@ -270,6 +319,17 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The second bind of one address fails with EADDRINUSE at start-up (exit 1, "retry"):
+        // it is a configuration error, refused here (exit 2, "don't restart").
+        for (i, a) in listen.iter().enumerate() {
+            if listen[..i].contains(a) {
+                return Err(err(
+                    format!("server.listen[{i}]"),
+                    format!("{a} is listed twice"),
+                ));
+            }
+        }
+        validate_log_level(&self.log.level).map_err(|r| err("log.level", r))?;
         if s.threads > MAX_SERVING_THREADS {
             return Err(err(
                 "server.threads",
@@ -299,8 +359,14 @@ impl Config {
                 format!("must be 1..={MAX_SESSIONS}"),
             ));
         }
-        if l.connects_per_minute == 0 {
-            return Err(err("limits.connects_per_minute", "must be at least 1"));
+        if !(1..=1_000_000).contains(&l.connects_per_minute) {
+            return Err(err("limits.connects_per_minute", "must be 1..=1000000"));
+        }
+        if !(MIN_MEMORY_BUDGET_MB..=MAX_MEMORY_BUDGET_MB).contains(&l.memory_budget_mb) {
+            return Err(err(
+                "limits.memory_budget_mb",
+                format!("must be {MIN_MEMORY_BUDGET_MB}..={MAX_MEMORY_BUDGET_MB}"),
+            ));
         }
         if l.max_event_subscribers == 0 || l.max_event_subscribers > MAX_EVENT_SUBSCRIBERS {
             return Err(err(
@@ -337,6 +403,25 @@ impl Config {
                 v4l2,
             });
         }
+        let budget = estimate_budget(&cameras);
+        if budget.total_mib() > l.memory_budget_mb {
+            let big = budget
+                .items
+                .iter()
+                .max_by_key(|i| i.bytes)
+                .map(|i| format!("; largest: {} = {} MiB", i.what, i.bytes >> 20))
+                .unwrap_or_default();
+            return Err(err(
+                "limits.memory_budget_mb",
+                format!(
+                    "the configuration may need {} MiB, more than the budget of {} MiB \
+                     (fewer or smaller cameras, fewer encode_workers, or raise the budget \
+                     together with the unit's MemoryMax){big}",
+                    budget.total_mib(),
+                    l.memory_budget_mb
+                ),
+            ));
+        }
         Ok(Settings {
             listen,
             io_backend: s.io_backend,
@@ -352,8 +437,88 @@ impl Config {
             max_event_subscribers: l.max_event_subscribers,
             auth: self.auth.clone(),
             cameras,
+            budget,
+            memory_budget_mb: l.memory_budget_mb,
         })
     }
+}
+
+/// Bounds of `[limits] memory_budget_mb`.
+pub const MIN_MEMORY_BUDGET_MB: u64 = 16;
+pub const MAX_MEMORY_BUDGET_MB: u64 = 1 << 20;
+
+/// The worst-case memory of these cameras (none configured: the default camera, counted as the
+/// costlier of its two forms, a raw `/dev/video0` at the default size).
+pub fn estimate_budget(cameras: &[CameraSettings]) -> Budget {
+    let load = |c: &CameraSettings| match &c.source {
+        SourceSpec::Synthetic { width, height, .. } => CameraLoad::Synthetic {
+            width: *width,
+            height: *height,
+        },
+        SourceSpec::Dir { .. } => CameraLoad::Dir,
+        SourceSpec::V4l2 { mode, format, .. } => {
+            // No size asked: negotiation aims at DEFAULT_SIZE. No format asked: MJPEG is
+            // preferred, but a camera without it is encoded from raw, so count that.
+            let (width, height) = mode
+                .map(|m| (m.0, m.1))
+                .unwrap_or(spec::DEFAULT_V4L2_SIZE);
+            let raw = !format
+                .as_deref()
+                .is_some_and(|f| f == "MJPG" || f == "JPEG");
+            CameraLoad::V4l2 {
+                width,
+                height,
+                raw,
+                workers: c.v4l2.workers,
+            }
+        }
+    };
+    let mut loads: Vec<(String, CameraLoad)> =
+        cameras.iter().map(|c| (c.name.clone(), load(c))).collect();
+    if loads.is_empty() {
+        let (width, height) = spec::DEFAULT_V4L2_SIZE;
+        loads.push((
+            "cam0 (default)".into(),
+            CameraLoad::V4l2 {
+                width,
+                height,
+                raw: true,
+                workers: default_encode_workers(),
+            },
+        ));
+    }
+    budget::estimate(&loads, budget::SESSION_TABLE_BYTES)
+}
+
+/// Level words a filter directive may use.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Accepts a level or tracing filter directives (`beltcam=debug,info`), each of which must name a
+/// known level: tracing itself takes `warnn` as a target name and then logs nothing at all.
+pub fn validate_log_level(level: &str) -> Result<(), String> {
+    let is_level = |w: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    if level.trim().is_empty() {
+        return Err(format!("is empty (expected one of {})", LEVELS.join(", ")));
+    }
+    for d in level.split(',') {
+        let word = match d.rsplit_once('=') {
+            Some((target, lvl)) if !target.trim().is_empty() => lvl,
+            _ if d.contains('=') => {
+                return Err(format!("{d:?} is not a TARGET=LEVEL directive"));
+            }
+            _ => d,
+        };
+        if !is_level(word) {
+            return Err(format!(
+                "{:?} is not a level (expected one of {}, or TARGET=LEVEL directives)",
+                word.trim(),
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("{level:?} is not a tracing filter ({e})"))
 }
 
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -385,7 +550,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config/beltcam.example.toml");
+        let text = include_str!("../../config/beltcam.example.toml");
         let s = Config::parse(text).unwrap().validate().unwrap();
         assert!(!s.cameras.is_empty());
     }
@@ -432,6 +597,105 @@ mod tests {
             let e = Config::parse(text).and_then(|c| c.validate()).unwrap_err();
             assert!(e.key.starts_with(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn log_levels_and_directives_accepted_typos_refused() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "beltcam=debug,info",
+            "beltcam::capture=trace",
+        ] {
+            assert!(validate_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "warnn",
+            "loud",
+            "",
+            " ",
+            "beltcam=loud",
+            "info,",
+            "=info",
+            "beltcam",
+        ] {
+            assert!(validate_log_level(bad).is_err(), "{bad:?}");
+        }
+        let e = Config::parse("[log]\nlevel = \"warnn\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "log.level");
+        assert!(
+            e.to_string().starts_with("config error: log.level: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn numbers_are_bounded_at_parse_time() {
+        for (text, key) in [
+            (
+                "[[camera]]\nname=\"a\"\nsource=\"synthetic:640x480@1e-300\"\n",
+                "camera[0].source",
+            ),
+            (
+                "[[camera]]\nname=\"a\"\nsource=\"synthetic:8192x8192\"\n",
+                "camera[0].source",
+            ),
+            (
+                "[limits]\nconnects_per_minute = 4000000000\n",
+                "limits.connects_per_minute",
+            ),
+            (
+                "[limits]\nmemory_budget_mb = 1\n",
+                "limits.memory_budget_mb",
+            ),
+            ("[server]\nsend_timeout_ms = 0\n", "server.send_timeout_ms"),
+            ("[server]\nthreads = 65\n", "server.threads"),
+        ] {
+            let e = Config::parse(text).unwrap().validate().unwrap_err();
+            assert_eq!(e.key, key, "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_refused() {
+        let t = "[server]\nlisten = [\"127.0.0.1:9\", \"[::1]:9\", \"127.0.0.1:9\"]\n";
+        let e = Config::parse(t).unwrap().validate().unwrap_err();
+        assert_eq!(e.key, "server.listen[2]");
+    }
+
+    #[test]
+    fn over_budget_configuration_refused_and_names_the_budget() {
+        let mut t = String::new();
+        for i in 0..8 {
+            t += &format!("[[camera]]\nname=\"c{i}\"\nsource=\"v4l2:/dev/video{i}:1920x1080@30:YUYV\"\nencode_workers = 8\n");
+        }
+        let e = Config::parse(&t).unwrap().validate().unwrap_err();
+        assert_eq!(e.key, "limits.memory_budget_mb", "{e}");
+        // The same cameras fit a budget raised to their estimate.
+        let need = e
+            .reason
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let t = format!("[limits]\nmemory_budget_mb = {need}\n{t}");
+        let s = Config::parse(&t).unwrap().validate().unwrap();
+        assert_eq!(s.budget.total_mib(), need);
+    }
+
+    #[test]
+    fn effective_config_prints_as_toml_that_parses_back() {
+        let text = include_str!("../config/beltcam.example.toml");
+        let cfg = Config::parse(text).unwrap();
+        let out = toml::to_string(&cfg).unwrap();
+        let back = Config::parse(&out).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), out);
+        assert!(out.contains("[[camera]]"), "{out}");
     }
 
     #[test]

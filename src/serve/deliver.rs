@@ -5,24 +5,27 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
-use crate::app::{App, ServerCounters};
+use super::respond::{refuse, send};
+use super::{Count, Server};
 use crate::capture::now_us;
-use crate::http::multipart;
-use crate::http::response::{snapshot_head, Response};
+use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
+use crate::obs::events::Event;
 use crate::pool::LeaseBuf;
-use crate::server::{refuse, send};
 use crate::shutdown::triggered;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
+///
+/// The lease is taken only once the socket has drained (a pipelining client that stopped reading
+/// holds nothing), and the write that owns it also watches its revocation: when the pool runs short
+/// a client that is not reading loses the frame and its connection (see `pool`).
 pub async fn snapshot<C: Conn>(
-    app: &App,
+    app: &Server,
     conn: &mut C,
     cam_idx: usize,
     head_only: bool,
@@ -31,6 +34,13 @@ pub async fn snapshot<C: Conn>(
     let cam = &app.cameras[cam_idx];
     let max_age = app.settings.snapshot_timeout;
     let deadline = Instant::now() + max_age;
+    net::set_notsent_lowat(conn.raw_fd());
+    if timeout(app.settings.send_timeout, conn.drained())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return false;
+    }
     let mut rx = cam.subscribe();
     let lease = loop {
         if let Some(l) = cam.pool.lease_newest() {
@@ -58,33 +68,29 @@ pub async fn snapshot<C: Conn>(
         return send(app, conn, r.render(head_only)).await;
     };
     let m = *lease.meta();
-    if !send(
-        app,
-        conn,
-        snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close),
-    )
-    .await
-    {
-        return false;
-    }
-    if head_only {
-        return true;
-    }
-    match timeout(
-        app.settings.send_timeout,
-        conn.write_lease(LeaseBuf::jpeg(lease)),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
-            app.counters
-                .bytes_sent
-                .fetch_add(m.jpeg_len() as u64, Ordering::Relaxed);
-            true
+    let revocation = lease.revocation();
+    let head = snapshot_head(m.jpeg_len(), m.timestamp_us, m.seq, close);
+    let head_len = head.len();
+    let write = async {
+        let (r, _) = conn.write_all(head).await;
+        r?;
+        if !head_only {
+            conn.write_lease(LeaseBuf::jpeg(lease)).await?;
         }
-        _ => false,
+        Ok::<_, io::Error>(())
+    };
+    let done = tokio::select! {
+        r = timeout(app.settings.send_timeout, write) => matches!(r, Ok(Ok(()))),
+        () = revocation.revoked() => false,
+    };
+    if done {
+        app.count_bytes(head_len + if head_only { 0 } else { m.jpeg_len() });
     }
+    done
 }
+
+/// The reason a session ends when the pool took its frame back.
+const REVOKED: &str = "not reading (frame reclaimed for capture)";
 
 /// Shuts the socket down when a session ends, so an io_uring write still in flight completes (with
 /// an error) and releases its lease and fd now rather than whenever the peer reads again.
@@ -99,7 +105,7 @@ impl Drop for ShutdownOnDrop {
 
 /// A stream session: one frame at a time, always the newest, only once the socket has drained.
 pub async fn stream<C: Conn>(
-    app: &Arc<App>,
+    app: &Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
     cam_idx: usize,
@@ -107,7 +113,7 @@ pub async fn stream<C: Conn>(
 ) {
     let cam = &app.cameras[cam_idx];
     if head_only {
-        send(app, &mut conn, multipart::stream_head().into_bytes()).await;
+        send(app, &mut conn, stream_head().into_bytes()).await;
         return;
     }
     // Declared first so it drops last: the session leaves the table (and its IP place is given
@@ -131,10 +137,13 @@ pub async fn stream<C: Conn>(
         }
     };
     app.events.emit(
-        "session",
         Some(cam_idx),
-        serde_json::json!({"event": "opened", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "endpoint": "stream"}),
+        Event::SessionOpened {
+            id: session.id,
+            peer: peer.to_string(),
+            camera: cam.name.clone(),
+            endpoint: "stream",
+        },
     );
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
     let typical = cam
@@ -142,7 +151,7 @@ pub async fn stream<C: Conn>(
         .lease_newest()
         .map_or(256 * 1024, |l| l.meta().jpeg_len());
     net::tune_for_stream(conn.raw_fd(), typical);
-    if !send(app, &mut conn, multipart::stream_head().into_bytes()).await {
+    if !send(app, &mut conn, stream_head().into_bytes()).await {
         return;
     }
     let counters = &session.counters;
@@ -163,7 +172,13 @@ pub async fn stream<C: Conn>(
                 return Ok::<_, io::Error>(None);
             };
             let (seq, n) = (lease.seq(), lease.part().len());
-            conn.write_lease(LeaseBuf::part(lease)).await?;
+            // Draining first keeps leases short for viewers that read; a peer that stopped
+            // reading mid-frame holds its lease until the pool runs short and revokes it.
+            let revocation = lease.revocation();
+            tokio::select! {
+                r = conn.write_lease(LeaseBuf::part(lease)) => r?,
+                () = revocation.revoked() => return Err(io::Error::other(REVOKED)),
+            }
             Ok(Some((seq, n)))
         });
         let res = tokio::select! {
@@ -173,34 +188,36 @@ pub async fn stream<C: Conn>(
         };
         match res {
             Err(_) => {
-                ServerCounters::bump(&app.counters.send_timeouts);
+                app.count(Count::SendTimeout);
                 break "send timeout";
             }
+            Ok(Err(e)) if e.to_string() == REVOKED => break REVOKED,
             Ok(Err(_)) => break "client gone",
             Ok(Ok(None)) => {}
             Ok(Ok(Some((seq, n)))) => {
-                if last != 0 && seq > last + 1 {
-                    counters
-                        .skipped
-                        .fetch_add(seq - last - 1, Ordering::Relaxed);
-                }
+                let skipped = if last != 0 {
+                    seq.saturating_sub(last + 1)
+                } else {
+                    0
+                };
                 last = seq;
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                app.counters
-                    .bytes_sent
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                counters.record_frame(n, skipped);
+                app.count_bytes(n);
             }
         }
     };
-    let frames_sent = counters.frames.load(Ordering::Relaxed);
+    let (frames_sent, bytes_sent, frames_skipped) = counters.totals();
     debug!(session = session.id, %peer, reason, frames_sent, "session closed");
     app.events.emit(
-        "session",
         Some(cam_idx),
-        serde_json::json!({"event": "closed", "id": session.id, "peer": peer.to_string(),
-            "camera": cam.name, "reason": reason, "frames_sent": frames_sent,
-            "frames_skipped": counters.skipped.load(Ordering::Relaxed),
-            "bytes_sent": counters.bytes.load(Ordering::Relaxed)}),
+        Event::SessionClosed {
+            id: session.id,
+            peer: peer.to_string(),
+            camera: cam.name.clone(),
+            reason,
+            frames_sent,
+            frames_skipped,
+            bytes_sent,
+        },
     );
 }

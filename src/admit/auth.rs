@@ -105,7 +105,7 @@ impl Auth {
         let Some(creds) = &self.viewers else {
             return true;
         };
-        let Some(b64) = authorization.and_then(|a| a.strip_prefix("Basic ")) else {
+        let Some(b64) = authorization.and_then(|a| credentials(a, "Basic")) else {
             return false;
         };
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
@@ -128,7 +128,7 @@ impl Auth {
             None => Err(Denied::Forbidden),
             Some(token) => {
                 let given = authorization
-                    .and_then(|a| a.strip_prefix("Bearer "))
+                    .and_then(|a| credentials(a, "Bearer"))
                     .map(str::trim)
                     .unwrap_or("");
                 if ct_eq(given.as_bytes(), token) {
@@ -139,6 +139,13 @@ impl Auth {
             }
         }
     }
+}
+
+/// The credentials after `scheme` in an Authorization value. The scheme name is case-insensitive
+/// (RFC 9110 §11.1: curl sends `Basic`, some clients and proxies `basic` or `BEARER`).
+fn credentials<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = authorization.trim_start().split_once([' ', '\t'])?;
+    name.eq_ignore_ascii_case(scheme).then_some(rest.trim())
 }
 
 #[cfg(test)]
@@ -195,6 +202,27 @@ mod tests {
         assert!(!a.viewer_ok(Some(&basic("mallory", "s3cret"))));
         assert!(!a.viewer_ok(Some("Basic !!!notbase64")));
         assert!(!a.viewer_ok(None));
+    }
+
+    #[test]
+    fn scheme_names_are_case_insensitive() {
+        let a = with_files(Some("op:belt-2026\n"), Some("0123456789abcdef-token\n"));
+        let b64 = basic("op", "belt-2026");
+        let b64 = b64.strip_prefix("Basic ").unwrap();
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            assert!(a.viewer_ok(Some(&format!("{scheme} {b64}"))), "{scheme}");
+        }
+        assert!(!a.viewer_ok(Some(&format!("Bearer {b64}"))));
+        assert!(!a.viewer_ok(Some(&format!("Basicx {b64}"))));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let h = format!("{scheme} 0123456789abcdef-token");
+            assert_eq!(a.admin(lo, Some(&h)), Ok(()), "{scheme}");
+        }
+        assert_eq!(
+            a.admin(lo, Some("Basic 0123456789abcdef-token")),
+            Err(Denied::Unauthorized)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `/` page: the first camera's stream and links to every endpoint, for a person with a browser.
 
-use crate::app::App;
+use super::Server;
 
 /// Escapes text for HTML (camera names are restricted, but sources are free text).
 fn esc(s: &str) -> String {
@@ -10,7 +10,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn page(app: &App) -> String {
+pub fn page(app: &Server) -> String {
     let mut cams = String::new();
     for (i, c) in app.cameras.iter().enumerate() {
         let n = esc(&c.name);

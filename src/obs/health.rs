@@ -1,4 +1,5 @@
-//! Liveness: one heartbeat per long-lived thread, and the `/health` verdict built from them.
+//! Liveness: one heartbeat per long-lived thread, and the health verdict built from them and from
+//! each camera's state.
 //!
 //! A thread that stops beating is wedged; the daemon then reports `down` and stops pinging the systemd
 //! watchdog so it gets restarted. A camera that is unplugged is not wedged: its capture thread keeps
@@ -7,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::stats::{CameraState, CameraView, Snapshot};
 
 /// A thread stalled longer than this is reported as wedged.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(5);
@@ -125,6 +128,45 @@ impl Status {
             Status::Degraded => "degraded",
             Status::Down => "down",
         }
+    }
+}
+
+/// A camera is stale when its newest frame is older than three frame periods, and at least 2 s.
+pub fn stale_after(nominal_fps: Option<f64>) -> Duration {
+    let fps = nominal_fps.unwrap_or(1.0).max(0.01);
+    Duration::from_secs_f64((3.0 / fps).max(2.0))
+}
+
+/// One camera's verdict and, when not ok, why.
+pub fn camera_verdict(cam: &CameraView) -> (Status, String) {
+    match (cam.state, cam.last_frame_age) {
+        (CameraState::Online, Some(age)) if age <= stale_after(cam.nominal_fps) => {
+            (Status::Ok, String::new())
+        }
+        (CameraState::Online, Some(age)) => (
+            Status::Degraded,
+            format!("no frame for {:.1} s", age.as_secs_f64()),
+        ),
+        (CameraState::Online | CameraState::Starting, None) => {
+            (Status::Degraded, "no frame yet".into())
+        }
+        (CameraState::Starting, Some(_)) => (Status::Degraded, "starting".into()),
+        (CameraState::Offline, _) => (Status::Degraded, format!("offline: {}", cam.reason)),
+    }
+}
+
+/// The daemon's verdict: down when a thread is wedged, degraded when a camera is not ok.
+pub fn verdict(snap: &Snapshot) -> Status {
+    if snap.wedged.is_some() {
+        Status::Down
+    } else if snap
+        .cameras
+        .iter()
+        .all(|c| camera_verdict(c).0 == Status::Ok)
+    {
+        Status::Ok
+    } else {
+        Status::Degraded
     }
 }
 

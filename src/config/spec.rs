@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+/// The size a V4L2 camera is asked for when the spec names none: a sensible default for a belt
+/// camera streamed to browsers (negotiation falls back to the nearest the camera offers).
+pub const DEFAULT_V4L2_SIZE: (u32, u32) = (1280, 720);
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
     Synthetic {
@@ -125,17 +129,32 @@ pub fn parse_mode(s: &str) -> Result<(u32, u32, f64), String> {
         .ok_or_else(|| format!("size {size:?} is not WIDTHxHEIGHT"))?;
     let dim = |v: &str| -> Result<u32, String> {
         match v.parse::<u32>() {
-            Ok(n) if (16..=8192).contains(&n) && n % 2 == 0 => Ok(n),
-            _ => Err(format!("{v:?} is not an even size between 16 and 8192")),
+            Ok(n) if (MIN_SIDE..=MAX_SIDE).contains(&n) && n % 2 == 0 => Ok(n),
+            _ => Err(format!(
+                "{v:?} is not an even size between {MIN_SIDE} and {MAX_SIDE}"
+            )),
         }
     };
-    Ok((dim(w)?, dim(h)?, fps))
+    let (w, h) = (dim(w)?, dim(h)?);
+    super::budget::check_frame_fits(w, h)?;
+    Ok((w, h, fps))
 }
+
+/// Frame sides accepted (even, for 4:2:0 chroma); the pixel count is bounded by the slot too.
+pub const MIN_SIDE: u32 = 16;
+pub const MAX_SIDE: u32 = 8192;
+/// Frame rates accepted. Below 0.1 fps a frame period is over 10 s, longer than any timeout the
+/// daemon keeps (and `1e-300` would overflow the pacer's `Duration`).
+pub const MIN_FPS: f64 = 0.1;
+pub const MAX_FPS: f64 = 240.0;
 
 fn parse_fps(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if f > 0.0 && f <= 240.0 => Ok(f),
-        _ => Err(format!("fps {s:?} is not a number between 0 and 240")),
+        // `contains` is false for NaN; the infinities are outside the range.
+        Ok(f) if (MIN_FPS..=MAX_FPS).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "fps {s:?} is not a number between {MIN_FPS} and {MAX_FPS}"
+        )),
     }
 }
 
@@ -189,12 +208,33 @@ mod tests {
             "synthetic:640x@30",
             "synthetic:641x480",
             "synthetic:640x480@0",
+            "synthetic:640x480@1e-300",
+            "synthetic:640x480@1e-19",
+            "synthetic:640x480@0.05",
+            "synthetic:640x480@NaN",
+            "synthetic:640x480@inf",
+            "synthetic:640x480@241",
+            "synthetic:8192x8192",
+            "synthetic:7680x4320@1",
+            "synthetic:14x480",
+            "dir:/x@1e-300",
+            "dir:/x@nan",
+            "v4l2:/dev/video0:8192x8192@5",
             "dir:",
             "v4l2:",
             "v4l2:/dev/video0:640x480@25:JPEG2",
         ] {
             assert!(SourceSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_with_the_slot_as_reason() {
+        let e = SourceSpec::parse("synthetic:8192x8192").unwrap_err();
+        assert!(e.contains("pool slot"), "{e}");
+        assert!(SourceSpec::parse("synthetic:3840x2160@5").is_ok());
+        assert!(SourceSpec::parse("synthetic:640x480@0.1").is_ok());
+        assert!(SourceSpec::parse("synthetic:640x480@240").is_ok());
     }
 
     #[test]

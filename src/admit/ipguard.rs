@@ -10,13 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::limits::IP_TABLE_CAPACITY;
+use crate::limits::{IP_TABLE_CAPACITY, MAX_EVENT_SUBSCRIBERS_PER_IP};
+use crate::obs::stats::GuardStats;
 
 const WINDOW_MS: u64 = 60_000;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct IpEntry {
     active: u32,
+    /// `/events` subscribers from this address.
+    events: u32,
     minute: u64,
     current: u32,
     previous: u32,
@@ -46,15 +49,15 @@ impl IpEntry {
 pub enum Refusal {
     /// Too many new connections in the last minute; retry after this many seconds.
     Rate { retry_after_s: u64 },
-    /// Too many concurrent sessions from this IP.
+    /// Too many concurrent sessions (or event subscriptions) from this IP.
     PerIp,
 }
 
 #[derive(Default)]
-pub struct GuardCounters {
-    pub rejected_rate: AtomicU64,
-    pub rejected_per_ip: AtomicU64,
-    pub evictions: AtomicU64,
+struct GuardCounters {
+    rejected_rate: AtomicU64,
+    rejected_per_ip: AtomicU64,
+    evictions: AtomicU64,
 }
 
 pub struct IpGuard {
@@ -62,7 +65,7 @@ pub struct IpGuard {
     epoch: Instant,
     max_sessions: u32,
     connects_per_minute: u64,
-    pub counters: GuardCounters,
+    counters: GuardCounters,
 }
 
 impl IpGuard {
@@ -93,7 +96,7 @@ impl IpGuard {
         if !table.contains_key(&ip) && table.len() == table.capacity() {
             let oldest = table
                 .iter()
-                .filter(|(_, e)| e.active == 0)
+                .filter(|(_, e)| e.active == 0 && e.events == 0)
                 .min_by_key(|(_, e)| e.last_seen_ms)
                 .map(|(k, _)| *k)?;
             table.remove(&oldest);
@@ -138,12 +141,22 @@ impl IpGuard {
 
     /// Admits one more session from `ip`; the guard gives the place back when dropped.
     pub fn open_session(self: &Arc<Self>, ip: IpAddr) -> Result<IpSession, Refusal> {
-        let max = self.max_sessions;
+        self.open(ip, Place::Stream, self.max_sessions)
+    }
+
+    /// Admits one more `/events` subscriber from `ip` (at most `MAX_EVENT_SUBSCRIBERS_PER_IP`),
+    /// so one address cannot take every dashboard's place.
+    pub fn open_events(self: &Arc<Self>, ip: IpAddr) -> Result<IpSession, Refusal> {
+        self.open(ip, Place::Events, MAX_EVENT_SUBSCRIBERS_PER_IP as u32)
+    }
+
+    fn open(self: &Arc<Self>, ip: IpAddr, place: Place, max: u32) -> Result<IpSession, Refusal> {
         let ok = self.with_entry(ip, self.now_ms(), |e| {
-            if e.active >= max {
+            let n = place.count(e);
+            if *n >= max {
                 false
             } else {
-                e.active += 1;
+                *n += 1;
                 true
             }
         });
@@ -156,20 +169,48 @@ impl IpGuard {
         Ok(IpSession {
             guard: Arc::clone(self),
             ip: ip.to_canonical(),
+            place,
             counted: ok.is_some(),
         })
     }
 
     /// Client IPs currently tracked.
+    pub fn stats(&self) -> GuardStats {
+        GuardStats {
+            tracked_ips: self.tracked(),
+            rejected_rate: self.counters.rejected_rate.load(Ordering::Relaxed),
+            rejected_per_ip: self.counters.rejected_per_ip.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn tracked(&self) -> usize {
         self.table.lock().map(|t| t.len()).unwrap_or(0)
     }
 }
 
 /// One session's place in its IP's count.
+/// What a per-address place is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Stream,
+    Events,
+}
+
+impl Place {
+    fn count(self, e: &mut IpEntry) -> &mut u32 {
+        match self {
+            Place::Stream => &mut e.active,
+            Place::Events => &mut e.events,
+        }
+    }
+}
+
+/// A per-address place (a stream or an event subscription); dropping it gives the place back.
 pub struct IpSession {
     guard: Arc<IpGuard>,
     ip: IpAddr,
+    place: Place,
     counted: bool,
 }
 
@@ -180,7 +221,8 @@ impl Drop for IpSession {
         }
         if let Ok(mut t) = self.guard.table.lock() {
             if let Some(e) = t.get_mut(&self.ip) {
-                e.active = e.active.saturating_sub(1);
+                let n = self.place.count(e);
+                *n = n.saturating_sub(1);
             }
         }
     }
@@ -217,7 +259,7 @@ mod tests {
         assert!(g.on_connect_at(ip(1), t1).is_err());
         // Two minutes of silence forget everything.
         assert!(g.on_connect_at(ip(1), t0 + 3 * WINDOW_MS).is_ok());
-        assert_eq!(g.counters.rejected_rate.load(Ordering::Relaxed), 2);
+        assert_eq!(g.stats().rejected_rate, 2);
     }
 
     #[test]
@@ -239,7 +281,7 @@ mod tests {
             assert!(g.on_connect_at(ip(n), WINDOW_MS + n as u64).is_ok());
         }
         assert_eq!(g.tracked(), IP_TABLE_CAPACITY);
-        assert_eq!(g.counters.evictions.load(Ordering::Relaxed), 10);
+        assert_eq!(g.stats().evictions, 10);
         // The entry with a live session was never evicted: its count is still there.
         let t = g.table.lock().unwrap();
         assert_eq!(t.get(&ip(0)).map(|e| e.active), Some(1));
@@ -254,5 +296,21 @@ mod tests {
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let _s = g.open_session(v4).unwrap();
         assert!(g.open_session(mapped).is_err());
+    }
+
+    #[test]
+    fn event_places_are_capped_per_address() {
+        let g = Arc::new(IpGuard::new(8, 1000));
+        let held: Vec<_> = (0..MAX_EVENT_SUBSCRIBERS_PER_IP)
+            .map(|_| g.open_events(ip(3)).unwrap())
+            .collect();
+        assert_eq!(g.open_events(ip(3)).err(), Some(Refusal::PerIp));
+        assert!(
+            g.open_events(ip(4)).is_ok(),
+            "another address is not affected"
+        );
+        assert!(g.open_session(ip(3)).is_ok(), "streams are counted apart");
+        drop(held);
+        assert!(g.open_events(ip(3)).is_ok());
     }
 }

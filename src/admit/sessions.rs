@@ -12,18 +12,37 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use crate::limits::MAX_SESSIONS;
+use crate::obs::stats::SessionStats;
 
 /// Live counters of one session, shared by the session's task and the table.
 #[derive(Default)]
 pub struct SessionCounters {
-    pub bytes: AtomicU64,
-    pub frames: AtomicU64,
-    pub skipped: AtomicU64,
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    skipped: AtomicU64,
     close: AtomicBool,
     close_notify: Notify,
 }
 
 impl SessionCounters {
+    /// Counts one frame of `bytes` sent, after `skipped` newer frames were passed over.
+    pub fn record_frame(&self, bytes: usize, skipped: u64) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if skipped > 0 {
+            self.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames sent, bytes sent, frames skipped.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
+    }
+
     /// Asks the session to end; it notices at its next wait.
     pub fn request_close(&self) {
         self.close.store(true, Ordering::Release);
@@ -74,8 +93,8 @@ pub struct SessionTable {
     entries: Mutex<heapless::Vec<Entry, MAX_SESSIONS>>,
     limit: usize,
     next_id: AtomicU64,
-    pub rejected_full: AtomicU64,
-    pub opened: AtomicU64,
+    rejected_full: AtomicU64,
+    opened: AtomicU64,
 }
 
 impl SessionTable {
@@ -92,6 +111,15 @@ impl SessionTable {
 
     pub fn capacity(&self) -> usize {
         self.limit
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            active: self.active(),
+            capacity: self.limit,
+            rejected_full: self.rejected_full.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+        }
     }
 
     pub fn active(&self) -> usize {
@@ -248,7 +276,7 @@ mod tests {
         let a = t.open(peer(), 0, "stream").unwrap();
         let _b = t.open(peer(), 0, "stream").unwrap();
         assert_eq!(t.open(peer(), 0, "stream").unwrap_err(), Full(2));
-        assert_eq!(t.rejected_full.load(Ordering::Relaxed), 1);
+        assert_eq!(t.stats().rejected_full, 1);
         drop(a);
         assert_eq!(t.active(), 1);
         assert!(t.open(peer(), 0, "stream").is_ok());
@@ -269,5 +297,14 @@ mod tests {
         assert_eq!(t.clients_per_camera(2), vec![1, 1]);
         let ids: Vec<u64> = t.list().iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![a.id, b.id]);
+    }
+
+    #[test]
+    fn memory_budget_covers_the_table() {
+        let per_entry = std::mem::size_of::<SessionTable>() / MAX_SESSIONS;
+        assert!(
+            per_entry as u64 <= crate::config::budget::SESSION_ENTRY_BYTES,
+            "an entry takes {per_entry} bytes: raise budget::SESSION_ENTRY_BYTES"
+        );
     }
 }

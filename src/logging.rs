@@ -1,0 +1,125 @@
+//! Logging set-up: tracing to stderr, and under systemd's journal a `<N>` syslog priority prefix on
+//! every line (sd-daemon(3)), so `journalctl -u beltcam -p warning` shows beltcam's warnings (the
+//! journal otherwise stores every line of a service's stderr at priority info).
+
+use std::fmt;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The syslog priority of a tracing level, as sd-daemon(3) prefixes read it.
+pub fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Whether stderr is the journal: `JOURNAL_STREAM` names stderr's device and inode (systemd.exec(5)).
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    #[allow(clippy::useless_conversion)] // st_dev and st_ino are u32 on some 32-bit targets
+    match nix::sys::stat::fstat(2) {
+        Ok(st) => {
+            dev.parse::<u64>().ok() == Some(u64::from(st.st_dev))
+                && ino.parse::<u64>().ok() == Some(u64::from(st.st_ino))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Prefixes each event with `<N>` and formats the rest with `inner`.
+pub struct JournalPrefix<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPrefix<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Installs the global subscriber. `filter` is a level or tracing filter directive.
+pub fn init(filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        format!("config error: log.level: {filter:?} is not a level or filter ({e})")
+    })?;
+    let journal = stderr_is_journal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if journal {
+        // The journal stamps time itself.
+        let format = tracing_subscriber::fmt::format().without_time();
+        builder.event_format(JournalPrefix(format)).init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(priority(&Level::ERROR), 3);
+        assert_eq!(priority(&Level::WARN), 4);
+        assert_eq!(priority(&Level::INFO), 6);
+        assert_eq!(priority(&Level::DEBUG), 7);
+    }
+
+    #[test]
+    fn prefix_is_written_before_the_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .event_format(JournalPrefix(
+                tracing_subscriber::fmt::format().without_time(),
+            ))
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(camera = "front", "camera offline");
+            tracing::info!("serving");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("<4> WARN"), "{text}");
+        assert!(lines[0].contains("camera offline"), "{text}");
+        assert!(lines[1].starts_with("<6> INFO"), "{text}");
+    }
+}

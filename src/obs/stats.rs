@@ -1,0 +1,169 @@
+//! Typed stats: one plain `Copy` struct per subsystem, filled by that subsystem's `stats()` from its
+//! own atomics, and the [`Snapshot`] of the whole daemon gathered from them once per request.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::histogram::HistogramStats;
+
+/// What a camera is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    Starting,
+    Online,
+    Offline,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Online => "online",
+            CameraState::Offline => "offline",
+        }
+    }
+}
+
+/// What a source negotiated when it opened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StreamInfo {
+    /// What the device delivers (`MJPG`, `YUYV`, ...) or the source kind (`synthetic`, `jpeg-files`).
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    /// JPEG bytes go out exactly as the device made them (no decode, no re-encode).
+    pub passthrough: bool,
+}
+
+/// A camera's frame counters (all monotonic except `fps` and `last_frame_us`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CameraCounts {
+    /// Frames the source delivered (valid or not).
+    pub captured: u64,
+    /// Real frames published (placeholders not included): its own counter, never a difference.
+    pub published: u64,
+    /// Frames lost: invalid, no free slot, encode failure, oversize.
+    pub dropped: u64,
+    /// Frames that were not valid JPEGs (a subset of `dropped`).
+    pub invalid: u64,
+    /// Placeholder frames published while offline.
+    pub placeholders: u64,
+    /// Real frames published per second over the last window.
+    pub fps: f64,
+    /// Capture time of the newest real frame, microseconds since the epoch (0: none yet).
+    pub last_frame_us: u64,
+}
+
+/// A frame pool's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PoolStats {
+    pub slots: usize,
+    pub slot_bytes: usize,
+    /// Frames published into the pool, placeholders included.
+    pub published: u64,
+    /// Frames refused for being larger than a slot.
+    pub oversize: u64,
+    /// Frames dropped because every slot was leased or being written.
+    pub no_free_slot: u64,
+    /// Slots whose leases were revoked because the pool ran short (their holders were not reading).
+    pub reclaimed: u64,
+    /// Leases held right now.
+    pub leased: usize,
+}
+
+/// One camera as the views show it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CameraView {
+    pub name: String,
+    /// The source spec, as configured.
+    pub source: String,
+    pub state: CameraState,
+    /// Why the camera is offline (empty when it is not).
+    pub reason: String,
+    pub info: StreamInfo,
+    /// The frame rate the source is configured for, when it has one (judges staleness).
+    pub nominal_fps: Option<f64>,
+    pub counts: CameraCounts,
+    pub pool: PoolStats,
+    /// Stream sessions on this camera.
+    pub clients: usize,
+    /// Age of the newest real frame when the snapshot was taken.
+    pub last_frame_age: Option<Duration>,
+}
+
+/// Connection and request counters of the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServerCounts {
+    pub accepted: u64,
+    /// Connections accepted and not yet a session or finished (a gauge).
+    pub pending: u64,
+    pub pending_rejected: u64,
+    pub requests: u64,
+    pub bad_request: u64,
+    pub too_large: u64,
+    pub not_found: u64,
+    pub method_not_allowed: u64,
+    pub request_timeouts: u64,
+    pub send_timeouts: u64,
+    pub rejected_auth: u64,
+    pub bytes_sent: u64,
+}
+
+/// The session table's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    pub active: usize,
+    pub capacity: usize,
+    pub rejected_full: u64,
+    pub opened: u64,
+}
+
+/// The per-address guard's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuardStats {
+    pub tracked_ips: usize,
+    pub rejected_rate: u64,
+    pub rejected_per_ip: u64,
+    pub evictions: u64,
+}
+
+/// The event bus's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventStats {
+    pub subscribers: usize,
+    pub emitted: u64,
+    /// Events lost by subscribers that fell behind, summed.
+    pub lost: u64,
+    /// Subscriptions refused at the limit.
+    pub rejected: u64,
+}
+
+/// The process's own figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessStats {
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    /// Long-lived threads with a heartbeat.
+    pub threads: usize,
+}
+
+/// Everything the views show, gathered once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// `io_uring` or `epoll`.
+    pub backend: &'static str,
+    pub uptime: Duration,
+    pub cameras: Vec<CameraView>,
+    pub sessions: SessionStats,
+    pub server: ServerCounts,
+    pub guard: GuardStats,
+    pub events: EventStats,
+    pub process: ProcessStats,
+    /// The first thread whose heartbeat stalled, if any.
+    pub wedged: Option<String>,
+    /// Latency of non-stream requests.
+    pub latency: HistogramStats,
+}

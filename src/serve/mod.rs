@@ -1,0 +1,36 @@
+//! Serving: the server state and everything that answers a connection — the request loop, frame
+//! delivery (streams and snapshots), Server-Sent Events, the admin API and the page.
+//!
+//! Written once against `net::Conn`, so io_uring and epoll run exactly this code; [`Server`] is the
+//! `net::Handler` the serving threads hand their connections to.
+
+pub mod admin;
+pub mod conn;
+pub mod deliver;
+pub mod page;
+pub mod respond;
+pub mod sse;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use state::{Count, Server};
+
+use crate::http::response::Response;
+use crate::net::{Conn, Handler};
+
+impl Handler for Server {
+    async fn serve<C: Conn + 'static>(self: Arc<Self>, mut conn: C, peer: SocketAddr) {
+        self.count(Count::Accepted);
+        match self.pending.admit(peer.ip()) {
+            Ok(place) => conn::handle(self, conn, peer, place).await,
+            Err(full) => {
+                // Every place is held by a connection still sending its request: say so.
+                self.count(Count::PendingRejected);
+                let r = Response::error(503, &full.to_string()).header("Retry-After", 1);
+                respond::refuse(&self, &mut conn, r).await;
+            }
+        }
+    }
+}

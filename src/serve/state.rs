@@ -1,0 +1,186 @@
+//! The server state every serving thread shares: settings, cameras, admission, observability.
+//!
+//! Only `serve/` and the daemon name this type. Lower layers get what they need from it (a camera,
+//! the event bus, a heartbeat), never the whole.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::admit::auth::Auth;
+use crate::admit::ipguard::IpGuard;
+use crate::admit::pending::PendingTable;
+use crate::admit::sessions::SessionTable;
+use crate::capture::Camera;
+use crate::config::Settings;
+use crate::limits::{MAX_IDLE_KEEPALIVE_PER_IP, MAX_PENDING_CONNECTIONS};
+use crate::net::Backend;
+use crate::obs::events::EventBus;
+use crate::obs::health::Health;
+use crate::obs::histogram::Histogram;
+use crate::obs::process;
+use crate::obs::stats::{ProcessStats, ServerCounts, Snapshot};
+use crate::shutdown::Shutdown;
+
+/// Server-wide counters (monotonic), private to this module: bumped through [`Server::count`],
+/// read through [`Server::snapshot`].
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    requests: AtomicU64,
+    pending_rejected: AtomicU64,
+    bad_request: AtomicU64,
+    too_large: AtomicU64,
+    not_found: AtomicU64,
+    method_not_allowed: AtomicU64,
+    request_timeouts: AtomicU64,
+    send_timeouts: AtomicU64,
+    rejected_auth: AtomicU64,
+    bytes_sent: AtomicU64,
+}
+
+/// Which server counter to bump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    Accepted,
+    Request,
+    /// Refused because too many connections were still sending their request.
+    PendingRejected,
+    /// 400 responses (malformed requests).
+    BadRequest,
+    /// 431 responses (oversized heads).
+    TooLarge,
+    NotFound,
+    MethodNotAllowed,
+    /// Requests that did not arrive within the request timeout.
+    RequestTimeout,
+    /// Sessions ended because a frame send stalled past the send timeout.
+    SendTimeout,
+    /// Requests refused for missing or wrong credentials (401/403).
+    RejectedAuth,
+}
+
+pub struct Server {
+    pub settings: Settings,
+    pub cameras: Vec<Arc<Camera>>,
+    pub sessions: Arc<SessionTable>,
+    pub health: Arc<Health>,
+    pub shutdown: Arc<Shutdown>,
+    pub backend: Backend,
+    pub guard: Arc<IpGuard>,
+    pub auth: Auth,
+    pub events: Arc<EventBus>,
+    /// Latency of non-stream requests.
+    pub latency: Histogram,
+    /// Connections accepted and not yet a session or finished.
+    pub pending: Arc<PendingTable>,
+    /// Refused connections being closed gracefully right now (see `respond::refuse`).
+    pub lingering: AtomicUsize,
+    counters: Counters,
+}
+
+impl Server {
+    /// A server over cameras that already exist (their capture threads are the caller's).
+    pub fn new(
+        settings: Settings,
+        auth: Auth,
+        backend: Backend,
+        cameras: Vec<Arc<Camera>>,
+        health: Arc<Health>,
+        events: Arc<EventBus>,
+        shutdown: Arc<Shutdown>,
+    ) -> Server {
+        Server {
+            sessions: Arc::new(SessionTable::new(settings.max_sessions)),
+            guard: Arc::new(IpGuard::new(
+                settings.max_clients_per_ip,
+                settings.connects_per_minute,
+            )),
+            auth,
+            events,
+            latency: Histogram::default(),
+            settings,
+            cameras,
+            health,
+            shutdown,
+            backend,
+            pending: Arc::new(PendingTable::new(
+                MAX_PENDING_CONNECTIONS,
+                MAX_IDLE_KEEPALIVE_PER_IP,
+            )),
+            lingering: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn camera_index(&self, name: &str) -> Option<usize> {
+        self.cameras.iter().position(|c| c.name == name)
+    }
+
+    pub fn count(&self, what: Count) {
+        let c = &self.counters;
+        let counter = match what {
+            Count::Accepted => &c.accepted,
+            Count::Request => &c.requests,
+            Count::PendingRejected => &c.pending_rejected,
+            Count::BadRequest => &c.bad_request,
+            Count::TooLarge => &c.too_large,
+            Count::NotFound => &c.not_found,
+            Count::MethodNotAllowed => &c.method_not_allowed,
+            Count::RequestTimeout => &c.request_timeouts,
+            Count::SendTimeout => &c.send_timeouts,
+            Count::RejectedAuth => &c.rejected_auth,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_bytes(&self, n: usize) {
+        self.counters
+            .bytes_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn server_counts(&self) -> ServerCounts {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServerCounts {
+            accepted: l(&c.accepted),
+            pending: self.pending.len() as u64,
+            pending_rejected: l(&c.pending_rejected),
+            requests: l(&c.requests),
+            bad_request: l(&c.bad_request),
+            too_large: l(&c.too_large),
+            not_found: l(&c.not_found),
+            method_not_allowed: l(&c.method_not_allowed),
+            request_timeouts: l(&c.request_timeouts),
+            send_timeouts: l(&c.send_timeouts),
+            rejected_auth: l(&c.rejected_auth),
+            bytes_sent: l(&c.bytes_sent),
+        }
+    }
+
+    /// Everything `/health`, `/stats`, `/metrics` and `STATUS=` show, gathered once.
+    pub fn snapshot(&self) -> Snapshot {
+        let clients = self.sessions.clients_per_camera(self.cameras.len());
+        Snapshot {
+            backend: self.backend.as_str(),
+            uptime: self.health.uptime(),
+            cameras: self
+                .cameras
+                .iter()
+                .zip(clients)
+                .map(|(c, n)| c.view(n))
+                .collect(),
+            sessions: self.sessions.stats(),
+            server: self.server_counts(),
+            guard: self.guard.stats(),
+            events: self.events.stats(),
+            process: ProcessStats {
+                rss_bytes: process::rss_bytes(),
+                open_fds: process::open_fds(),
+                threads: self.health.threads().len(),
+            },
+            wedged: self.health.wedged(),
+            latency: self.latency.stats(),
+        }
+    }
+}
