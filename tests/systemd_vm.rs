@@ -85,7 +85,7 @@ fn beltcam_under_systemd_in_a_vm() {
         let _ = std::fs::remove_file(&bin); // the share holds its own link or copy
     }
     assert!(
-        vm.wait_ctl(Duration::from_secs(120)),
+        vm.wait_ctl(Duration::from_secs(300)),
         "the VM's control shell never answered:\n{}",
         vm.console_tail(40)
     );
