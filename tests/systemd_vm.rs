@@ -661,9 +661,10 @@ fn security(vm: &SysVm, log: &mut Log) {
 /// `systemctl reload beltcam` applies a changed camera list without a new process.
 ///
 /// NOT RUN YET: enable it (call it from the test, after `kill_restarts`) when reload lands: the
-/// unit's ExecReload= and the daemon's SIGHUP reload (issue 11). Today beltcam.service has no
-/// ExecReload= (`systemctl reload` fails: "Job type reload is not applicable") and SIGHUP's default
-/// action ends the daemon.
+/// unit's `ExecReload=/bin/kill -HUP $MAINPID` (bookworm's systemd 252 has no Type=notify-reload)
+/// and the daemon applying the re-read camera list (issue 11). Today beltcam.service has no
+/// ExecReload= (`systemctl reload` fails: "Job type reload is not applicable"), and SIGHUP only
+/// re-reads and checks the file, then logs that applying it needs a restart.
 #[allow(dead_code)]
 fn reload_applies_camera_list(vm: &SysVm, port: u16, log: &mut Log) {
     let before = main_pid(vm);
