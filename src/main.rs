@@ -243,7 +243,7 @@ fn run(cli: &Cli, settings: Settings, auth: Auth, passed: Vec<std::net::TcpListe
     };
     // SIGHUP: the file is re-read and checked with the same one-line errors as at start-up. Applying
     // a changed configuration to the running daemon is not implemented yet: it says so.
-    let reload = || match load_settings(cli).and_then(|s| Auth::load(&s.auth).map(|_| s)) {
+    let reload = || match load_settings(cli).and_then(|(_, s)| Auth::load(&s.auth).map(|_| s)) {
         Ok(_) => warn!(
             "reload: the configuration is valid; applying changes needs a restart \
              (systemctl restart beltcam): live reload is not implemented yet"

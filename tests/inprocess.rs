@@ -358,3 +358,42 @@ fn snapshot_and_routes_answer_in_process() {
         })
     });
 }
+
+#[test]
+fn page_links_are_relative() {
+    run(Backend::Epoll, |_s, addr| async move {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_all(&mut c, 1 << 20).await.expect("no reset");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("src=\"cam/cam0/stream\""), "{text}");
+        // Behind a proxy under /webcam/, an absolute link would leave the prefix.
+        assert!(
+            !text.contains("href=\"/") && !text.contains("src=\"/"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn head_of_a_stream_has_no_body() {
+    both(|b| {
+        run(b, |s, addr| async move {
+            publish(&s, 100);
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_all(&mut c, 1 << 16).await.expect("no reset");
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{b:?}: {text}");
+            // RFC 9110 §9.3.2: a HEAD response has no content (it used to carry the boundary).
+            assert!(
+                text.ends_with("\r\n\r\n"),
+                "{b:?}: body bytes after the head: {text:?}"
+            );
+        })
+    });
+}

@@ -236,7 +236,7 @@ mod tests {
         };
         assert!(total(&[huge; 8]) > DEFAULT_MEMORY_BUDGET_MB * MIB);
         // Below the shipped unit's MemoryMax, with at least 32 MiB to spare.
-        let unit = include_str!("../systemd/beltcam.service");
+        let unit = include_str!("../../systemd/beltcam.service");
         let max_mb: u64 = unit
             .lines()
             .find_map(|l| l.strip_prefix("MemoryMax="))

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 pub mod budget;
 pub mod spec;
 
-use budget::{Budget, CameraLoad, DEFAULT_MEMORY_BUDGET_MB};
 use crate::limits::{
     MAX_CAMERAS, MAX_CAMERA_NAME, MAX_EVENT_SUBSCRIBERS, MAX_LISTENERS, MAX_SERVING_THREADS,
     MAX_SESSIONS,
 };
+use budget::{Budget, CameraLoad, DEFAULT_MEMORY_BUDGET_MB};
 
 use spec::SourceSpec;
 
@@ -459,9 +459,7 @@ pub fn estimate_budget(cameras: &[CameraSettings]) -> Budget {
         SourceSpec::V4l2 { mode, format, .. } => {
             // No size asked: negotiation aims at DEFAULT_SIZE. No format asked: MJPEG is
             // preferred, but a camera without it is encoded from raw, so count that.
-            let (width, height) = mode
-                .map(|m| (m.0, m.1))
-                .unwrap_or(spec::DEFAULT_V4L2_SIZE);
+            let (width, height) = mode.map(|m| (m.0, m.1)).unwrap_or(spec::DEFAULT_V4L2_SIZE);
             let raw = !format
                 .as_deref()
                 .is_some_and(|f| f == "MJPG" || f == "JPEG");
@@ -690,7 +688,7 @@ mod tests {
 
     #[test]
     fn effective_config_prints_as_toml_that_parses_back() {
-        let text = include_str!("../config/beltcam.example.toml");
+        let text = include_str!("../../config/beltcam.example.toml");
         let cfg = Config::parse(text).unwrap();
         let out = toml::to_string(&cfg).unwrap();
         let back = Config::parse(&out).unwrap();

@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn head_ends_with_first_boundary() {
-        let h = crate::http::response::stream_head();
+        let h = crate::http::response::stream_head(false);
         assert!(h.ends_with("\r\n\r\n--boundarydonotcross\r\n"));
         assert!(h.contains(&format!("boundary={BOUNDARY}")));
         assert!(PART_TRAILER.ends_with(format!("--{BOUNDARY}\r\n").as_bytes()));

@@ -118,26 +118,32 @@ impl Response {
 
 /// The head of a snapshot response; the JPEG bytes follow from the lease.
 pub fn snapshot_head(jpeg_len: usize, timestamp_us: u64, seq: u64, close: bool) -> Vec<u8> {
+    // X-Accel-Buffering: nginx would otherwise buffer the JPEG (and spool slow clients to disk).
     let extra = format!(
-        "X-Timestamp: {}\r\nX-Frame: {seq}\r\n",
+        "X-Timestamp: {}\r\nX-Frame: {seq}\r\nX-Accel-Buffering: no\r\n",
         Timestamp(timestamp_us)
     );
     head(200, "image/jpeg", Some(jpeg_len), &extra, NO_STORE, close).into_bytes()
 }
 
-/// The response head of a stream, including the first boundary line.
-pub fn stream_head() -> String {
+/// The response head of a stream; for GET (`head_only` false) followed by the first boundary line,
+/// which is body: a HEAD response carries none.
+pub fn stream_head(head_only: bool) -> String {
     let mut h = head(
         200,
         &format!("multipart/x-mixed-replace;boundary={BOUNDARY}"),
         None,
-        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\n",
+        // X-Accel-Buffering: nginx's default proxy_buffering holds each part until the next
+        // arrives (a frame late; a whole second for a 1 fps or NO SIGNAL stream).
+        "Pragma: no-cache\r\nExpires: Mon, 3 Jan 2000 12:34:56 GMT\r\nX-Accel-Buffering: no\r\n",
         "no-store, no-cache, must-revalidate, max-age=0",
         true,
     );
-    h.push_str("--");
-    h.push_str(BOUNDARY);
-    h.push_str("\r\n");
+    if !head_only {
+        h.push_str("--");
+        h.push_str(BOUNDARY);
+        h.push_str("\r\n");
+    }
     h
 }
 
@@ -165,5 +171,16 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_str(s.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["reason"], "session table full");
+    }
+
+    #[test]
+    fn frames_are_not_buffered_by_proxies() {
+        assert!(stream_head(false).contains("X-Accel-Buffering: no\r\n"));
+        assert!(
+            stream_head(true).ends_with("\r\n\r\n"),
+            "HEAD: no body bytes"
+        );
+        let snap = String::from_utf8(snapshot_head(10, 1, 2, false)).unwrap();
+        assert!(snap.contains("X-Accel-Buffering: no\r\n"), "{snap}");
     }
 }

@@ -1,4 +1,6 @@
 //! The `/` page: the first camera's stream and links to every endpoint, for a person with a browser.
+//! Every link is relative, so the page works behind a reverse proxy under a path prefix
+//! (`/webcam/`, as Mainsail and crowsnest set nginx up).
 
 use super::Server;
 
@@ -15,8 +17,8 @@ pub fn page(app: &Server) -> String {
     for (i, c) in app.cameras.iter().enumerate() {
         let n = esc(&c.name);
         cams.push_str(&format!(
-            "<section><h2>{n}{first}</h2><img src=\"/cam/{n}/stream\" alt=\"{n} stream\">\
-             <p><a href=\"/cam/{n}/stream\">stream</a> · <a href=\"/cam/{n}/snapshot\">snapshot</a> · \
+            "<section><h2>{n}{first}</h2><img src=\"cam/{n}/stream\" alt=\"{n} stream\">\
+             <p><a href=\"cam/{n}/stream\">stream</a> · <a href=\"cam/{n}/snapshot\">snapshot</a> · \
              source <code>{src}</code></p></section>\n",
             first = if i == 0 { " (default)" } else { "" },
             src = esc(&c.spec.to_string()),
@@ -27,8 +29,8 @@ pub fn page(app: &Server) -> String {
          <meta name=\"viewport\" content=\"width=device-width\">\
          <style>body{{font-family:sans-serif;margin:1em;background:#111;color:#ddd}}\
          img{{max-width:100%;background:#000}}a{{color:#8cf}}</style></head><body>\n\
-         <h1>beltcam</h1>\n<p><a href=\"/stream\">/stream</a> · <a href=\"/snapshot\">/snapshot</a> · \
-         <a href=\"/health\">/health</a> · <a href=\"/stats\">/stats</a> · io backend {backend}</p>\n\
+         <h1>beltcam</h1>\n<p><a href=\"stream\">/stream</a> · <a href=\"snapshot\">/snapshot</a> · \
+         <a href=\"health\">/health</a> · <a href=\"stats\">/stats</a> · io backend {backend}</p>\n\
          {cams}</body></html>\n",
         backend = app.backend.as_str(),
     )

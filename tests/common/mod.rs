@@ -16,7 +16,7 @@ pub fn skips_file() -> PathBuf {
 }
 
 /// Says that `test` (or a part of it) cannot run here and why: a `SKIP` line on stderr and in
-/// `skips_file()`. Under `CI=true` a skip is a failure unless `reason` starts with one of
+/// `skips_file()`. Under `CI=true` (or `CI=1`) a skip is a failure unless `reason` starts with one of
 /// `allowed_in_ci`: CI lists what it may legitimately lack (e.g. io_uring under a seccomp
 /// profile); anything else CI is meant to run must run. The caller returns after this.
 pub fn skip(test: &str, reason: &str, allowed_in_ci: &[&str]) {
@@ -34,7 +34,7 @@ pub fn skip(test: &str, reason: &str, allowed_in_ci: &[&str]) {
         // One write per line: parallel tests append whole lines.
         let _ = f.write_all(format!("{line}\n").as_bytes());
     }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if in_ci && !allowed_in_ci.iter().any(|a| reason.starts_with(a)) {
         panic!(
             "{line}: CI=true and this skip is not in the test's CI allow-list {allowed_in_ci:?}"
