@@ -4,8 +4,9 @@
 //! allocated once at start-up. `/stats` reports the pool figures so operators can see them.
 
 /// Frame slots per camera. A session holds a lease only while its write is in flight (it waits for the
-/// socket to drain before taking one), so a handful of slots serve any number of viewers; the rest
-/// absorb encode workers writing ahead and the newest frame always being readable.
+/// socket to drain before taking one), so a handful of slots serve any number of viewers that read;
+/// a peer that stops reading mid-frame keeps its lease until the pool runs short and revokes it (see
+/// `pool`). The rest absorb encode workers writing ahead and the newest frame always being readable.
 pub const POOL_SLOTS: usize = 8;
 
 /// Bytes per slot, including the pre-rendered multipart part header and trailer around the JPEG.

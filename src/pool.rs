@@ -293,7 +293,7 @@ impl FramePool {
             if refs == 0 || refs & WRITER != 0 || seq == 0 || slot.holds_revoked() {
                 continue;
             }
-            if oldest.is_none_or(|(s, _)| seq < s) {
+            if oldest.map_or(true, |(s, _)| seq < s) {
                 oldest = Some((seq, idx));
             }
         }

@@ -388,7 +388,8 @@ fn layer_conf_declares_series_and_dependencies() {
         .lines()
         .find_map(|l| l.strip_prefix("LAYERSERIES_COMPAT_beltcam = "))
         .expect("LAYERSERIES_COMPAT_beltcam");
-    for series in ["scarthgap", "walnascar", "whinlatter"] {
+    // The two LTS lines scripts/yocto-check.sh runs a real bitbake on.
+    for series in ["wrynose", "scarthgap"] {
         assert!(
             compat.contains(series),
             "layer not marked compatible with {series}"
@@ -398,11 +399,41 @@ fn layer_conf_declares_series_and_dependencies() {
         .lines()
         .find(|l| l.starts_with("LAYERDEPENDS_beltcam"))
         .expect("LAYERDEPENDS_beltcam");
+    // scarthgap: clang-native from meta-clang, rustc 1.81 from meta-lts-mixins.
     assert!(
-        deps.contains("core") && deps.contains("clang-layer"),
+        deps.contains("core")
+            && deps.contains("clang-layer")
+            && deps.contains("scarthgap-rust-mixin"),
         "{deps}"
     );
     assert!(repo().join(LAYER).join("README.md").is_file());
+}
+
+/// A floating revision makes bitbake run `git ls-remote` at parse time, which stops every bitbake
+/// command with the network off: the recipe pins a full commit, and nothing in the layer floats.
+#[test]
+fn recipe_pins_its_source() {
+    let recipe = read(RECIPE);
+    let srcrev = recipe
+        .lines()
+        .find_map(|l| l.strip_prefix("SRCREV = "))
+        .expect("SRCREV = \"<commit>\" (a plain assignment, not ?=)")
+        .trim_matches('"');
+    assert!(
+        srcrev.len() == 40 && srcrev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "SRCREV must be a full commit id, not {srcrev:?}"
+    );
+    let mut stack = vec![repo().join("yocto")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = fs::read_to_string(&path) {
+                assert!(!text.contains("AUTOREV"), "{}: AUTOREV", path.display());
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,13 +446,19 @@ fn kas_files_are_complete_kas_projects() {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".lock.yml"))
         .collect();
     files.sort();
     let names: Vec<String> = files
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for wanted in ["raspberrypi4-64.yml", "jetson-orin-nano-devkit.yml"] {
+    for wanted in [
+        "raspberrypi4-64.yml",
+        "jetson-orin-nano-devkit.yml",
+        "raspberrypi4-64-scarthgap.yml",
+        "jetson-orin-nano-devkit-scarthgap.yml",
+    ] {
         assert!(
             names.iter().any(|n| n == wanted),
             "{KAS_DIR}/{wanted} is missing"
@@ -441,12 +478,51 @@ fn yaml_as_json(path: &Path) -> Option<serde_json::Value> {
     }
 }
 
+/// kas's merge: maps merge key by key, anything else is replaced by the later value.
+fn merge_json(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(old) if old.is_object() && v.is_object() => merge_json(old, v),
+                    _ => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (into, from) => *into = from,
+    }
+}
+
+/// A kas file with its `header.includes` (paths relative to the repository root) merged in first.
+fn kas_resolved(path: &Path) -> serde_json::Value {
+    let doc = yaml_as_json(path).expect("kas file");
+    let mut out = serde_json::json!({});
+    let includes = doc
+        .get("header")
+        .and_then(|h| h.get("includes"))
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for inc in includes {
+        let inc = inc.as_str().expect("local include given as a path");
+        let inc_path = repo().join(inc);
+        assert!(
+            inc_path.is_file(),
+            "{}: include {inc} missing",
+            path.display()
+        );
+        merge_json(&mut out, kas_resolved(&inc_path));
+    }
+    merge_json(&mut out, doc);
+    out
+}
+
 fn check_kas_file(path: &Path) {
     use serde_json::Value;
     let name = path.display().to_string();
-    let Some(doc) = yaml_as_json(path) else {
-        return;
-    };
+    let doc = kas_resolved(path);
     let str_at = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
 
     // `branch:` in repos needs format version 14 (kas 4.0).
@@ -507,8 +583,44 @@ fn check_kas_file(path: &Path) {
         }
     }
     assert!(own_layer, "{name}: does not add {LAYER}");
-    for needed in ["poky", "meta-clang"] {
+    // No poky from wrynose on: bitbake, openembedded-core and meta-yocto, on both releases.
+    let mut needed = vec!["bitbake", "openembedded-core", "meta-yocto"];
+    if name.ends_with("-scarthgap.yml") {
+        needed.extend(["meta-clang", "meta-lts-mixins"]);
+    }
+    for needed in needed {
         assert!(repos.contains_key(needed), "{name}: repo {needed} missing");
+    }
+
+    // Every remote repository is pinned by the kas lock file next to the file.
+    let lock_path = path.with_file_name(format!(
+        "{}.lock.yml",
+        path.file_stem().unwrap().to_string_lossy()
+    ));
+    assert!(
+        lock_path.is_file(),
+        "{name}: no lock file {}",
+        lock_path.display()
+    );
+    let lock = yaml_as_json(&lock_path).expect("lock file");
+    let locked = lock
+        .get("overrides")
+        .and_then(|o| o.get("repos"))
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("{}: no overrides.repos", lock_path.display()));
+    for (id, repo_def) in repos {
+        if str_at(repo_def, "url").is_none() {
+            continue;
+        }
+        let commit = locked
+            .get(id)
+            .and_then(|r| str_at(r, "commit"))
+            .unwrap_or_else(|| panic!("{}: repo {id} not pinned", lock_path.display()));
+        assert!(
+            commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{}: {id}: {commit:?} is not a full commit id",
+            lock_path.display()
+        );
     }
 
     let local_conf: String = doc

@@ -370,7 +370,10 @@ fn page_links_are_relative() {
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("src=\"cam/cam0/stream\""), "{text}");
         // Behind a proxy under /webcam/, an absolute link would leave the prefix.
-        assert!(!text.contains("href=\"/") && !text.contains("src=\"/"), "{text}");
+        assert!(
+            !text.contains("href=\"/") && !text.contains("src=\"/"),
+            "{text}"
+        );
     });
 }
 
@@ -387,7 +390,10 @@ fn head_of_a_stream_has_no_body() {
             let text = String::from_utf8_lossy(&got);
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{b:?}: {text}");
             // RFC 9110 §9.3.2: a HEAD response has no content (it used to carry the boundary).
-            assert!(text.ends_with("\r\n\r\n"), "{b:?}: body bytes after the head: {text:?}");
+            assert!(
+                text.ends_with("\r\n\r\n"),
+                "{b:?}: body bytes after the head: {text:?}"
+            );
         })
     });
 }

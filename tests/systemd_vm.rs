@@ -85,7 +85,7 @@ fn beltcam_under_systemd_in_a_vm() {
         let _ = std::fs::remove_file(&bin); // the share holds its own link or copy
     }
     assert!(
-        vm.wait_ctl(Duration::from_secs(120)),
+        vm.wait_ctl(Duration::from_secs(300)),
         "the VM's control shell never answered:\n{}",
         vm.console_tail(40)
     );
@@ -233,7 +233,7 @@ fn status_and_unplug(vm: &SysVm, port: u16, log: &mut Log) {
     let mut status = String::new();
     let shown = common::wait_for(Duration::from_secs(15), || {
         status = vm.ctl("systemctl status beltcam --no-pager -l").1;
-        status.contains("1 clients") && status.contains("fps")
+        status.contains("1 client") && status.contains("fps")
     });
     let _ = writeln!(
         log.report,
@@ -338,7 +338,7 @@ fn journal_warnings(vm: &SysVm, log: &mut Log) {
     // Lines of the daemon itself (not systemd's own about the unit) naming the unplug.
     let daemon_warning = out
         .lines()
-        .any(|l| l.contains(" beltcam[") && l.contains("camera offline"));
+        .any(|l| l.contains(" beltcam[") && l.to_lowercase().contains("offline"));
     log.check(daemon_warning, || {
         let (_, prio) = vm.ctl(
             "journalctl -u beltcam -b -o json --output-fields=PRIORITY,MESSAGE --no-pager | grep -m2 'camera offline'",
@@ -661,9 +661,10 @@ fn security(vm: &SysVm, log: &mut Log) {
 /// `systemctl reload beltcam` applies a changed camera list without a new process.
 ///
 /// NOT RUN YET: enable it (call it from the test, after `kill_restarts`) when reload lands: the
-/// unit's ExecReload= and the daemon's SIGHUP reload (issue 11). Today beltcam.service has no
-/// ExecReload= (`systemctl reload` fails: "Job type reload is not applicable") and SIGHUP's default
-/// action ends the daemon.
+/// unit's `ExecReload=/bin/kill -HUP $MAINPID` (bookworm's systemd 252 has no Type=notify-reload)
+/// and the daemon applying the re-read camera list (issue 11). Today beltcam.service has no
+/// ExecReload= (`systemctl reload` fails: "Job type reload is not applicable"), and SIGHUP only
+/// re-reads and checks the file, then logs that applying it needs a restart.
 #[allow(dead_code)]
 fn reload_applies_camera_list(vm: &SysVm, port: u16, log: &mut Log) {
     let before = main_pid(vm);

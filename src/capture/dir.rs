@@ -327,7 +327,7 @@ impl FrameSource for DirSource {
     }
 
     fn capture(&mut self, cam: &Camera) -> Result<(), SourceError> {
-        if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+        if self.scanned.map_or(true, |t| t.elapsed() >= RESCAN_EVERY) {
             self.rescan()?;
         }
         if let Some(why) = self.nothing_usable() {

@@ -405,7 +405,7 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
         }
         cam.counters.fps_milli.store(0, Ordering::Relaxed);
         // Offline: viewers stay connected and see "NO SIGNAL" about once a second.
-        if last_placeholder.is_none_or(|t| t.elapsed() >= Duration::from_millis(900)) {
+        if last_placeholder.map_or(true, |t| t.elapsed() >= Duration::from_millis(900)) {
             cam.publish_placeholder();
             last_placeholder = Some(Instant::now());
         }

@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn frames_are_not_buffered_by_proxies() {
         assert!(stream_head(false).contains("X-Accel-Buffering: no\r\n"));
-        assert!(stream_head(true).ends_with("\r\n\r\n"), "HEAD: no body bytes");
+        assert!(
+            stream_head(true).ends_with("\r\n\r\n"),
+            "HEAD: no body bytes"
+        );
         let snap = String::from_utf8(snapshot_head(10, 1, 2, false)).unwrap();
         assert!(snap.contains("X-Accel-Buffering: no\r\n"), "{snap}");
     }

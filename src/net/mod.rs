@@ -83,8 +83,9 @@ pub trait Conn {
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Writes all of a leased frame straight from its pool slot.
     async fn write_lease(&mut self, buf: LeaseBuf) -> io::Result<()>;
-    /// Waits until the socket has drained below TCP_NOTSENT_LOWAT, so the next frame's write
-    /// completes at once and its lease is short.
+    /// Waits until the socket has drained below TCP_NOTSENT_LOWAT, so a peer that reads gets the
+    /// next frame's write started at once (one that stops reading mid-frame is the pool's business:
+    /// its lease is revocable).
     async fn drained(&mut self) -> io::Result<()>;
     fn raw_fd(&self) -> RawFd;
 }

@@ -1,7 +1,10 @@
 //! Frame delivery: snapshots and stream sessions. A session sends one frame at a time, always the
-//! newest, and starts one only once its socket has drained, so its lease on a pool slot is short and
-//! a viewer that stops reading holds nothing and slows no one; a send stuck past the send timeout
-//! ends the session.
+//! newest, and starts one only once its socket has drained, so a viewer that reads holds a lease for
+//! one write. Draining first is not enough on its own: the kernel stops queueing a write once the
+//! unsent bytes pass TCP_NOTSENT_LOWAT, so a frame larger than that plus the peer's window goes out
+//! only as fast as the peer reads, and a peer that stops reading mid-frame holds its lease. So the
+//! write also awaits the lease's revocation: when the pool runs short it takes the oldest frame back
+//! and its holders end (see `pool`). A send stuck past the send timeout ends the session anyway.
 
 use std::io;
 use std::net::SocketAddr;

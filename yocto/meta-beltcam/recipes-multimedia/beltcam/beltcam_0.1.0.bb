@@ -12,18 +12,35 @@ LIC_FILES_CHKSUM = " \
     file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10 \
 "
 
-# Placeholder upstream: replace with the project's real repository or a mirror you control.
+# Where releases come from: the project's git repository, branch main; a release is the commit the
+# version bump (PV here, version in Cargo.toml) lands on, and this recipe pins it with SRCREV. The URL
+# is the project's HOMEPAGE; if you build from a mirror or a fork, change SRC_URI and SRCREV together.
+# SRCREV must stay a fixed commit: a floating one makes bitbake run `git ls-remote` while parsing,
+# which fails with the network off (BB_NO_NETWORK) and halts the parse of every recipe.
 # destsuffix=${BP} with the default S (${WORKDIR}/${BP} up to walnascar, ${UNPACKDIR}/${BP} from
-# whinlatter on) keeps one recipe valid across all three releases without setting S.
+# whinlatter on) keeps one recipe valid across the releases without setting S.
 # The kas files in yocto/kas/ build the checkout at hand instead (EXTERNALSRC), which drops this URL.
 SRC_URI = "git://github.com/beltcam/beltcam.git;protocol=https;branch=main;destsuffix=${BP}"
-# Pin the release commit for reproducible images, e.g. SRCREV:pn-beltcam = "<sha>" in local.conf.
-SRCREV ?= "${AUTOREV}"
+# beltcam 0.1.0: the commit whose Cargo.lock beltcam-crates.inc lists (bump both together).
+SRCREV = "48e293a9ab22415c85ad4fd989c4cb5a2b79ab17"
 
 # Every registry crate in Cargo.lock with its checksum: bitbake fetches them, cargo builds --frozen.
 # Regenerate with scripts/gen-crates-inc.py (or `bitbake -c update_crates beltcam`) whenever
 # Cargo.lock changes; tests/deploy_files.rs fails while they disagree.
 require beltcam-crates.inc
+
+# update_crates reads every Cargo.lock under CARGO_LOCK_SRC_DIR (default ${S}). The tree has a second
+# one, fuzz/Cargo.lock (cargo-fuzz, its own workspace, never built here), which would add its crates
+# to the list; point the class at a folder holding only the workspace's Cargo.lock.
+CARGO_LOCK_SRC_DIR = "${WORKDIR}/update-crates"
+do_update_crates[prefuncs] += "beltcam_workspace_lock"
+python beltcam_workspace_lock() {
+    import shutil
+    dest = d.getVar('CARGO_LOCK_SRC_DIR')
+    bb.utils.remove(dest, recurse=True)
+    bb.utils.mkdirhier(dest)
+    shutil.copy(os.path.join(d.getVar('S'), 'Cargo.lock'), dest)
+}
 
 inherit cargo cargo-update-recipe-crates systemd useradd pkgconfig features_check
 
