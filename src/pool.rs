@@ -163,6 +163,15 @@ pub struct FramePool {
 unsafe impl Sync for FramePool {}
 unsafe impl Send for FramePool {}
 
+// Leases and revocations live in sessions' tasks and are revoked from capture's thread.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<FramePool>();
+    send_sync::<Lease>();
+    send_sync::<LeaseBuf>();
+    send_sync::<Revocation>();
+};
+
 impl Default for FramePool {
     fn default() -> Self {
         Self::new()
