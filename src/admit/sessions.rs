@@ -6,13 +6,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
 use crate::limits::MAX_SESSIONS;
-use crate::obs::stats::SessionStats;
+use crate::obs::stats::{ClientStat, SessionStats};
 
 /// Live counters of one session, shared by the session's task and the table.
 #[derive(Default)]
@@ -20,6 +20,10 @@ pub struct SessionCounters {
     bytes: AtomicU64,
     frames: AtomicU64,
     skipped: AtomicU64,
+    /// The per-second frame meter, each word `second << 32 | frames`: the second being counted
+    /// and the one before it. Written only by the session's task.
+    fps_cur: AtomicU64,
+    fps_prev: AtomicU64,
     close: AtomicBool,
     close_notify: Notify,
 }
@@ -32,6 +36,30 @@ impl SessionCounters {
         if skipped > 0 {
             self.skipped.fetch_add(skipped, Ordering::Relaxed);
         }
+        self.meter_frame(meter_second());
+    }
+
+    fn meter_frame(&self, sec: u64) {
+        let cur = self.fps_cur.load(Ordering::Relaxed);
+        if cur >> 32 == sec {
+            self.fps_cur.store(cur + 1, Ordering::Relaxed);
+        } else {
+            self.fps_prev.store(cur, Ordering::Relaxed);
+            self.fps_cur.store(sec << 32 | 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames sent in the last whole second (ustreamer's per-client fps: a count, not an average
+    /// since the start, so a stalled viewer reads 0 at once).
+    pub fn fps(&self) -> u32 {
+        self.fps_at(meter_second())
+    }
+
+    fn fps_at(&self, sec: u64) -> u32 {
+        let count = |w: u64| (w >> 32 == sec.wrapping_sub(1)).then_some(w as u32);
+        count(self.fps_cur.load(Ordering::Relaxed))
+            .or_else(|| count(self.fps_prev.load(Ordering::Relaxed)))
+            .unwrap_or(0)
     }
 
     /// Frames sent, bytes sent, frames skipped.
@@ -59,6 +87,14 @@ impl SessionCounters {
             self.close_notify.notified().await;
         }
     }
+}
+
+/// Whole seconds on a monotonic clock, starting at 1 (0 marks a meter that never counted), for the
+/// per-session frame meters.
+fn meter_second() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    (base.elapsed().as_secs() + 1) & 0xffff_ffff
 }
 
 struct Entry {
@@ -227,6 +263,26 @@ impl SessionTable {
             .unwrap_or(0)
     }
 
+    /// Every session's id, camera and frames per second, oldest first (ustreamer's `clients_stat`).
+    pub fn client_stats(&self) -> Vec<ClientStat> {
+        let mut v: Vec<ClientStat> = self
+            .entries
+            .lock()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| ClientStat {
+                        id: e.id,
+                        camera: e.camera,
+                        fps: e.counters.fps(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
     /// Bytes and frames sent by all current sessions (for per-camera client counts).
     pub fn clients_per_camera(&self, cameras: usize) -> Vec<usize> {
         let mut counts = vec![0; cameras];
@@ -297,6 +353,42 @@ mod tests {
         assert_eq!(t.clients_per_camera(2), vec![1, 1]);
         let ids: Vec<u64> = t.list().iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![a.id, b.id]);
+    }
+
+    #[test]
+    fn fps_is_the_last_whole_second() {
+        let c = SessionCounters::default();
+        assert_eq!(c.fps_at(10), 0);
+        for _ in 0..5 {
+            c.meter_frame(10);
+        }
+        // Second 10 is still being counted: the last whole second (9) had none.
+        assert_eq!(c.fps_at(10), 0);
+        assert_eq!(c.fps_at(11), 5);
+        for _ in 0..3 {
+            c.meter_frame(11);
+        }
+        assert_eq!(c.fps_at(11), 5);
+        assert_eq!(c.fps_at(12), 3);
+        // A viewer that stopped reading drops to 0 once a whole second passes without a frame.
+        assert_eq!(c.fps_at(13), 0);
+        // A gap: the second before the current one was empty.
+        c.meter_frame(20);
+        assert_eq!(c.fps_at(20), 0);
+        assert_eq!(c.fps_at(21), 1);
+    }
+
+    #[test]
+    fn client_stats_list_sessions_with_their_camera() {
+        let t = Arc::new(SessionTable::new(4));
+        let a = t.open(peer(), 1, "stream").unwrap();
+        let b = t.open(peer(), 0, "stream").unwrap();
+        let stats = t.client_stats();
+        assert_eq!(stats.len(), 2);
+        assert_eq!((stats[0].id, stats[0].camera), (a.id, 1));
+        assert_eq!((stats[1].id, stats[1].camera), (b.id, 0));
+        drop(a);
+        assert_eq!(t.client_stats().len(), 1);
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct DirSource {
     /// Last repeated warning, and how many were held back since.
     warned_at: Option<Instant>,
     held_back: u64,
+    /// The size last reported to the camera; 0x0 until a frame is read after `open()`.
+    size: (u32, u32),
 }
 
 impl DirSource {
@@ -126,6 +128,7 @@ impl DirSource {
             failing: 0,
             warned_at: None,
             held_back: 0,
+            size: (0, 0),
         }
     }
 
@@ -317,6 +320,8 @@ impl FrameSource for DirSource {
         self.failing = 0;
         self.warned_at = None;
         self.held_back = 0;
+        // The files' size is learnt from the first frame read (see `capture`).
+        self.size = (0, 0);
         Ok(StreamInfo {
             format: "jpeg-files".into(),
             width: 0,
@@ -368,13 +373,14 @@ impl FrameSource for DirSource {
         let why = match read {
             Ok(Some(n)) => match jpeg::check(&slot.jpeg_buf()[..n]) {
                 Ok(info) => {
-                    cam.publish(
-                        slot,
-                        info.len,
-                        captured,
-                        info.width.into(),
-                        info.height.into(),
-                    );
+                    let size = (info.width.into(), info.height.into());
+                    cam.publish(slot, info.len, captured, size.0, size.1);
+                    // The size is known only from the files (they may differ): report the
+                    // newest frame's, taking the lock only when it changes.
+                    if self.size != size {
+                        self.size = size;
+                        cam.set_size(size.0, size.1);
+                    }
                     self.failing = 0;
                     self.warned_at = None;
                     return Ok(());

@@ -170,6 +170,7 @@ impl Camera {
             state: self.state(),
             reason,
             info,
+            quality: self.quality,
             nominal_fps: self.spec.nominal_fps(),
             counts,
             pool: self.pool.stats(),
@@ -275,6 +276,15 @@ impl Camera {
             *d = (info, String::new());
         }
         self.state.store(ONLINE, Ordering::Release);
+    }
+
+    /// Records the frame size once a source learns it from its frames rather than at open
+    /// (`dir:` files): `/stats` and `/state` then show the real size instead of 0x0.
+    pub(crate) fn set_size(&self, width: u32, height: u32) {
+        if let Ok(mut d) = self.detail.lock() {
+            d.0.width = width;
+            d.0.height = height;
+        }
     }
 
     fn set_offline(&self, reason: &str) {

@@ -1,8 +1,8 @@
 //! Routing: request method and path to an endpoint. Pure, so every URL clients use is unit-tested.
 //!
-//! Drop-in URLs: ustreamer serves `/stream`, `/snapshot`, `/state`; mjpg-streamer serves
-//! `/?action=stream` and `/?action=snapshot`. OctoPrint, Home Assistant and Frigate configs carry
-//! these verbatim, so both sets map to the first camera.
+//! Drop-in URLs: ustreamer serves `/stream`, `/snapshot`, `/state` (its own JSON shape, not
+//! `/stats`); mjpg-streamer serves `/?action=stream` and `/?action=snapshot`. OctoPrint, Home
+//! Assistant, Frigate and kvmd configs carry these verbatim, so both sets map to the first camera.
 
 use super::request::{Method, Request};
 
@@ -13,6 +13,8 @@ pub enum Route {
     Snapshot(usize),
     Health,
     Stats,
+    /// ustreamer's `/state` document for one camera.
+    State(usize),
     Metrics,
     /// Server-Sent Events; `?camera=NAME` is resolved by the server.
     Events,
@@ -86,7 +88,8 @@ fn read_route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<R
         ("/stream", _) => Route::Stream(0),
         ("/snapshot", _) => Route::Snapshot(0),
         ("/health", _) => Route::Health,
-        ("/stats" | "/state", _) => Route::Stats,
+        ("/stats", _) => Route::Stats,
+        ("/state", _) => Route::State(0),
         (path, _) => camera_route(path, &camera).ok_or(RouteError::NotFound)?,
     };
     Ok(r)
@@ -99,6 +102,7 @@ fn camera_route(path: &str, camera: &impl Fn(&str) -> Option<usize>) -> Option<R
     match what {
         "stream" => Some(Route::Stream(idx)),
         "snapshot" => Some(Route::Snapshot(idx)),
+        "state" => Some(Route::State(idx)),
         _ => None,
     }
 }
@@ -147,7 +151,8 @@ mod tests {
             r("GET /?action=snapshot&n=1 HTTP/1.1\r\n\r\n"),
             Ok(Route::Snapshot(0))
         );
-        assert_eq!(r("GET /state HTTP/1.1\r\n\r\n"), Ok(Route::Stats));
+        assert_eq!(r("GET /state HTTP/1.1\r\n\r\n"), Ok(Route::State(0)));
+        assert_eq!(r("GET /stats HTTP/1.1\r\n\r\n"), Ok(Route::Stats));
         assert_eq!(
             r("GET /stream?extra_headers=1 HTTP/1.1\r\n\r\n"),
             Ok(Route::Stream(0))
@@ -163,6 +168,14 @@ mod tests {
         assert_eq!(
             r("HEAD /cam/front/snapshot HTTP/1.1\r\n\r\n"),
             Ok(Route::Snapshot(0))
+        );
+        assert_eq!(
+            r("GET /cam/back/state HTTP/1.1\r\n\r\n"),
+            Ok(Route::State(1))
+        );
+        assert_eq!(
+            r("GET /cam/side/state HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
         );
         assert_eq!(
             r("GET /cam/side/stream HTTP/1.1\r\n\r\n"),

@@ -1,6 +1,6 @@
 //! Observability, below everything that produces it: typed stats, the event bus, heartbeats and the
-//! health verdict, the latency histogram, and pure renderers for `/health`, `/stats`, `/metrics` and
-//! systemd's `STATUS=` line.
+//! health verdict, the latency histogram, and pure renderers for `/health`, `/stats`, ustreamer's
+//! `/state`, `/metrics` and systemd's `STATUS=` line.
 //!
 //! Why one layer: the counters are gathered once into a [`Snapshot`] and every view renders from it,
 //! so the four views cannot disagree (they used to walk the raw atomics each, with two bugs between

@@ -1,10 +1,11 @@
-//! Pure renderers: a [`Snapshot`] to the `/health` and `/stats` bodies and systemd's `STATUS=` line.
+//! Pure renderers: a [`Snapshot`] to the `/health`, `/stats` and ustreamer-compatible `/state` bodies
+//! and systemd's `STATUS=` line.
 //! (`/metrics` is in `metrics`.) Golden tests below pin each format.
 
 use serde_json::{json, Value};
 
 use super::health::{camera_verdict, verdict, Status};
-use super::stats::{CameraView, Snapshot};
+use super::stats::{CameraState, CameraView, Snapshot};
 
 fn age_s(cam: &CameraView) -> Option<f64> {
     cam.last_frame_age.map(|d| d.as_secs_f64())
@@ -123,6 +124,78 @@ pub fn stats(snap: &Snapshot) -> Value {
     })
 }
 
+/// A rate for ustreamer's integer fps fields (its meters count frames per whole second).
+fn whole_fps(fps: f64) -> u32 {
+    if fps.is_finite() && fps > 0.0 {
+        fps.round().min(u32::MAX as f64) as u32
+    } else {
+        0
+    }
+}
+
+/// ustreamer's `/state` body for camera `camera` (`None`: no such camera), for the programs that read
+/// ustreamer (kvmd, dashboards): `{"ok": true, "result": {...}}` with ustreamer's fields and types.
+/// beltcam's own figures, mapped:
+/// - `instance_id`: ustreamer's `--instance-id` tells instances on one host apart (default `""`);
+///   one ustreamer runs per camera, so the camera's name is the analogue.
+/// - `encoder.type`: `"CPU"` when beltcam encodes the frames (libjpeg-turbo on the CPU: synthetic,
+///   raw V4L2 formats); `"HW"` when it passes the source's JPEG through untouched (MJPEG devices,
+///   `dir:` files), which is what ustreamer itself reports when it switches to pass-through for a
+///   JPEG source. `quality` is then 0, as ustreamer says when it could not set the device's quality:
+///   beltcam does not set it either, so it does not know it.
+/// - `source.captured_fps` and `stream.queued_fps`: real frames published per second (beltcam
+///   publishes every valid captured frame to the stream; "NO SIGNAL" placeholders do not count).
+/// - `source.desired_fps`: the configured rate, else the negotiated one.
+/// - `clients_stat`: one entry per stream session, keyed by the session id `/sessions` shows, with
+///   the frames sent to it in the last whole second. beltcam does not implement ustreamer's stream
+///   options (`extra_headers`, `advance_headers`, `dual_final_frames`, `zero_data`, `key`), so the
+///   flags are `false` and the key `"0"` (ustreamer's value for a client without one).
+pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
+    let cam = snap.cameras.get(camera)?;
+    let (enc_type, quality) = if cam.info.passthrough {
+        ("HW", 0)
+    } else {
+        ("CPU", cam.quality)
+    };
+    let fps = whole_fps(cam.counts.fps);
+    let desired = whole_fps(cam.nominal_fps.unwrap_or(cam.info.fps));
+    let clients: serde_json::Map<String, Value> = snap
+        .clients
+        .iter()
+        .filter(|c| c.camera == camera)
+        .map(|c| {
+            let stat = json!({
+                "fps": c.fps,
+                "extra_headers": false,
+                "advance_headers": false,
+                "dual_final_frames": false,
+                "zero_data": false,
+                "key": "0",
+            });
+            (c.id.to_string(), stat)
+        })
+        .collect();
+    Some(json!({
+        "ok": true,
+        "result": {
+            "instance_id": cam.name,
+            "encoder": {"type": enc_type, "quality": quality},
+            "source": {
+                "resolution": {"width": cam.info.width, "height": cam.info.height},
+                "online": cam.state == CameraState::Online,
+                "desired_fps": desired,
+                "captured_fps": fps,
+            },
+            "stream": {
+                "queued_fps": fps,
+                // The table's count, like ustreamer's, so it always equals `clients_stat`'s size.
+                "clients": clients.len(),
+                "clients_stat": clients,
+            },
+        },
+    }))
+}
+
 /// systemd's `STATUS=` line: `cam0 30.0fps, 3 clients; cam1 0.0fps, 0 clients (offline) | io_uring`.
 pub fn status_line(snap: &Snapshot) -> String {
     let mut status = String::new();
@@ -172,6 +245,7 @@ pub(crate) mod tests {
                 fps: 30.0,
                 passthrough: false,
             },
+            quality: 80,
             nominal_fps: Some(30.0),
             counts: CameraCounts {
                 captured: 11,
@@ -192,6 +266,7 @@ pub(crate) mod tests {
             state: CameraState::Offline,
             reason: "device gone: ENODEV".into(),
             info: StreamInfo::default(),
+            quality: 80,
             nominal_fps: None,
             counts: CameraCounts::default(),
             pool: PoolStats {
@@ -211,6 +286,18 @@ pub(crate) mod tests {
                 rejected_full: 4,
                 opened: 9,
             },
+            clients: vec![
+                ClientStat {
+                    id: 7,
+                    camera: 0,
+                    fps: 30,
+                },
+                ClientStat {
+                    id: 9,
+                    camera: 0,
+                    fps: 12,
+                },
+            ],
             server: ServerCounts {
                 accepted: 20,
                 pending: 1,
@@ -260,6 +347,37 @@ pub(crate) mod tests {
             body.to_string(),
             r#"{"bytes_sent":123456,"cameras":[{"clients":3,"format":"synthetic","frames":{"captured":11,"dropped":1,"fps":29.5,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":2,"published":10,"reclaimed":1},"height":480,"last_frame_age_s":0.02,"leases":3,"name":"front","negotiated_fps":30.0,"passthrough":false,"reason":"","source":"synthetic:640x480@30","state":"online","width":640},{"clients":0,"format":"","frames":{"captured":0,"dropped":0,"fps":0.0,"invalid":0,"no_free_slot":2,"oversize":1,"placeholders":0,"published":0,"reclaimed":1},"height":0,"last_frame_age_s":null,"leases":3,"name":"back","negotiated_fps":0.0,"passthrough":false,"reason":"device gone: ENODEV","source":"v4l2:/dev/video9","state":"offline","width":0}],"connections":{"accepted":20,"pending":1,"pending_rejected":0},"events":{"emitted":40,"lost":0,"subscribers":1},"guard":{"evictions":0,"rejected_auth":0,"rejected_per_ip":0,"rejected_rate":5,"tracked_ips":2},"io_backend":"io_uring","pool":{"bytes_per_camera":16777216,"slot_bytes":2097152,"slots":8},"process":{"open_fds":12,"rss_bytes":7340032,"threads":4},"requests":{"bad_request":2,"method_not_allowed":0,"not_found":0,"request_timeouts":0,"send_timeouts":0,"too_large":0,"total":15},"sessions":{"active":3,"capacity":1024,"opened":9,"rejected_full":4},"uptime_s":61.5}"#
         );
+    }
+
+    #[test]
+    fn golden_ustreamer_state() {
+        let mut snap = golden_snapshot();
+        // The offline camera had negotiated MJPEG passthrough before it went away.
+        snap.cameras[1].info = StreamInfo {
+            format: "MJPG".into(),
+            width: 1920,
+            height: 1080,
+            fps: 15.0,
+            passthrough: true,
+        };
+        let front = ustreamer_state(&snap, 0).unwrap();
+        assert_eq!(
+            front.to_string(),
+            r#"{"ok":true,"result":{"encoder":{"quality":80,"type":"CPU"},"instance_id":"front","source":{"captured_fps":30,"desired_fps":30,"online":true,"resolution":{"height":480,"width":640}},"stream":{"clients":2,"clients_stat":{"7":{"advance_headers":false,"dual_final_frames":false,"extra_headers":false,"fps":30,"key":"0","zero_data":false},"9":{"advance_headers":false,"dual_final_frames":false,"extra_headers":false,"fps":12,"key":"0","zero_data":false}},"queued_fps":30}}}"#
+        );
+        // Passthrough reads as ustreamer's "HW"; an offline camera keeps its last resolution.
+        let back = ustreamer_state(&snap, 1).unwrap();
+        assert_eq!(
+            back.to_string(),
+            r#"{"ok":true,"result":{"encoder":{"quality":0,"type":"HW"},"instance_id":"back","source":{"captured_fps":0,"desired_fps":15,"online":false,"resolution":{"height":1080,"width":1920}},"stream":{"clients":0,"clients_stat":{},"queued_fps":0}}}"#
+        );
+        assert!(ustreamer_state(&snap, 2).is_none());
+        // The types a ustreamer reader relies on.
+        let r = &front["result"];
+        assert!(r["source"]["resolution"]["width"].is_u64());
+        assert!(r["source"]["online"].is_boolean());
+        assert!(r["stream"]["clients_stat"]["7"]["key"].is_string());
+        assert!(r["encoder"]["type"].is_string() && r["encoder"]["quality"].is_u64());
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct CameraView {
     pub nominal_fps: Option<f64>,
     pub counts: CameraCounts,
     pub pool: PoolStats,
+    /// JPEG quality beltcam encodes this camera's frames at (unused when `info.passthrough`).
+    pub quality: u8,
     /// Stream sessions on this camera.
     pub clients: usize,
     /// Age of the newest real frame when the snapshot was taken.
@@ -110,6 +112,17 @@ pub struct ServerCounts {
     pub send_timeouts: u64,
     pub rejected_auth: u64,
     pub bytes_sent: u64,
+}
+
+/// One stream session as ustreamer's `/state` lists it in `clients_stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientStat {
+    /// The session id (the one `/sessions` shows and `DELETE /sessions/ID` takes).
+    pub id: u64,
+    /// Index of the camera the session watches.
+    pub camera: usize,
+    /// Frames sent to this session in the last whole second.
+    pub fps: u32,
 }
 
 /// The session table's figures.
@@ -158,6 +171,8 @@ pub struct Snapshot {
     pub uptime: Duration,
     pub cameras: Vec<CameraView>,
     pub sessions: SessionStats,
+    /// Every stream session, oldest first.
+    pub clients: Vec<ClientStat>,
     pub server: ServerCounts,
     pub guard: GuardStats,
     pub events: EventStats,

@@ -128,6 +128,12 @@ pub async fn handle<C: Conn>(
             Ok((Route::Stats, None)) => {
                 Some(Response::json(200, &obs::render::stats(&app.snapshot())))
             }
+            Ok((Route::State(cam), None)) => Some(
+                obs::render::ustreamer_state(&app.snapshot(), cam).map_or_else(
+                    || Response::error(404, "no such camera"),
+                    |body| Response::json(200, &body),
+                ),
+            ),
             Ok((Route::Metrics, None)) => Some(Response::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",

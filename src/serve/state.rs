@@ -171,6 +171,7 @@ impl Server {
                 .map(|(c, n)| c.view(n))
                 .collect(),
             sessions: self.sessions.stats(),
+            clients: self.sessions.client_stats(),
             server: self.server_counts(),
             guard: self.guard.stats(),
             events: self.events.stats(),
