@@ -587,7 +587,7 @@ fn watchdog(vm: &SysVm, log: &mut Log) {
                 format!("systemd's \"Watchdog timeout\" not within WatchdogSec ({wd} s) of the SIGSTOP:\n{j}")
             });
             log.check(
-                matches!((exited, scheduled), (Some(e), Some(s)) if s - e <= rs + 0.5),
+                matches!((exited, scheduled), (Some(e), Some(s)) if s - e <= rs + 1.0),
                 || {
                     format!(
                         "the restart was not scheduled RestartSec ({rs} s) after the kill:\n{j}"
