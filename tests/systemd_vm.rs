@@ -273,7 +273,10 @@ fn status_and_unplug(vm: &SysVm, port: u16, log: &mut Log) {
     assert_eq!(rc, 0, "unbind: {out}");
     let degraded = common::wait_for(Duration::from_secs(2), || health_status(port) == "degraded");
     let to_degraded = unplug.elapsed();
-    log.check(degraded, || "/health not degraded 2 s after unplug".into());
+    // (wait_for's last poll may end past its deadline: the figure is what counts)
+    log.check(degraded && to_degraded <= Duration::from_secs(2), || {
+        format!("/health not degraded 2 s after unplug (took {to_degraded:.2?})")
+    });
     let (_, st) = vm.ctl("systemctl status beltcam --no-pager -l | grep -E 'Active:|Status:'");
     log.note(format!(
         "unplugged: {}",
@@ -310,7 +313,9 @@ fn status_and_unplug(vm: &SysVm, port: u16, log: &mut Log) {
             .any(|(t, j)| *t > replug && *j != placeholder)
     });
     let to_frames = replug.elapsed();
-    log.check(resumed, || "no real frames 2 s after the replug".into());
+    log.check(resumed && to_frames <= Duration::from_secs(2), || {
+        format!("no real frames 2 s after the replug (took {to_frames:.2?})")
+    });
     stop.store(true, Ordering::Relaxed);
     let kept = reader.join().unwrap();
     log.check(kept, || {
@@ -582,7 +587,7 @@ fn watchdog(vm: &SysVm, log: &mut Log) {
                 format!("systemd's \"Watchdog timeout\" not within WatchdogSec ({wd} s) of the SIGSTOP:\n{j}")
             });
             log.check(
-                matches!((exited, scheduled), (Some(e), Some(s)) if s - e <= rs + 0.5),
+                matches!((exited, scheduled), (Some(e), Some(s)) if s - e <= rs + 1.0),
                 || {
                     format!(
                         "the restart was not scheduled RestartSec ({rs} s) after the kill:\n{j}"
