@@ -24,9 +24,10 @@
 #   BELTCAM_YOCTO_WORK  where the build folders go (default ${TMPDIR:-/tmp}/beltcam-yocto-check);
 #                       always outside the source tree, which EXTERNALSRC hashes
 #   BELTCAM_YOCTO_USER  run as root, bitbake refuses to run ("Do not use Bitbake as root"): the
-#                       script creates this unprivileged user (default beltcam-yocto) and re-runs
-#                       itself as that user with runuser
-#                       on a copy of the working tree (BELTCAM_YOCTO_WORK/tree; see below)
+#                       script installs the host packages bitbake's sanity check asks for and the
+#                       en_US.UTF-8 locale, creates this unprivileged user (default beltcam-yocto)
+#                       and re-runs itself as that user with runuser, on a copy of the working tree
+#                       (BELTCAM_YOCTO_WORK/tree: externalsrc writes into the tree's .git)
 #   BELTCAM_YOCTO_MACHINES  space-separated subset of the kas machines (default: all)
 # With no checkouts at all it prints a SKIP banner and exits 0, also under CI=true: CI has no
 # way to get the checkouts (see README, "Yocto").
