@@ -68,7 +68,7 @@ case "${1:-}" in
     msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -1)
     if command -v rustup >/dev/null; then
       rustup toolchain list | grep -q "^$msrv-" || rustup toolchain install "$msrv" --profile minimal
-      cargo "+$msrv" build --locked --workspace --target-dir target/msrv
+      cargo "+$msrv" check --locked --workspace --target-dir target/msrv
     elif [ "${CI:-}" = true ]; then
       echo "dev.sh: no rustup for the MSRV ($msrv) build" >&2; exit 1
     else

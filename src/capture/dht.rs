@@ -58,22 +58,23 @@ const fn build_segment() -> [u8; DHT_SEGMENT_LEN] {
     let len = (DHT_SEGMENT_LEN - 2) as u16;
     out[2] = (len >> 8) as u8;
     out[3] = len as u8;
-    let mut pos = 4;
-    pos = put_table(&mut out, pos, 0x00, &DC_LUMA_BITS, &DC_VALUES);
-    pos = put_table(&mut out, pos, 0x10, &AC_LUMA_BITS, &AC_LUMA_VALUES);
-    pos = put_table(&mut out, pos, 0x01, &DC_CHROMA_BITS, &DC_VALUES);
-    pos = put_table(&mut out, pos, 0x11, &AC_CHROMA_BITS, &AC_CHROMA_VALUES);
+    // put_table takes and returns the array: `&mut` in a const fn needs Rust 1.83, the MSRV is 1.81.
+    let pos = 4;
+    let (out, pos) = put_table(out, pos, 0x00, &DC_LUMA_BITS, &DC_VALUES);
+    let (out, pos) = put_table(out, pos, 0x10, &AC_LUMA_BITS, &AC_LUMA_VALUES);
+    let (out, pos) = put_table(out, pos, 0x01, &DC_CHROMA_BITS, &DC_VALUES);
+    let (out, pos) = put_table(out, pos, 0x11, &AC_CHROMA_BITS, &AC_CHROMA_VALUES);
     assert!(pos == DHT_SEGMENT_LEN);
     out
 }
 
 const fn put_table(
-    out: &mut [u8; DHT_SEGMENT_LEN],
+    mut out: [u8; DHT_SEGMENT_LEN],
     mut pos: usize,
     class_id: u8,
     bits: &[u8; 16],
     values: &[u8],
-) -> usize {
+) -> ([u8; DHT_SEGMENT_LEN], usize) {
     out[pos] = class_id;
     pos += 1;
     let mut i = 0;
@@ -87,7 +88,7 @@ const fn put_table(
         out[pos + j] = values[j];
         j += 1;
     }
-    pos + values.len()
+    (out, pos + values.len())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

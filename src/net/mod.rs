@@ -11,10 +11,12 @@
 pub mod epoll;
 pub mod uring;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -244,22 +246,55 @@ pub async fn run_thread<A: Acceptor + 'static, H: Handler>(
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
+    let live = Rc::new(Cell::new(0usize));
+    let idle = Rc::new(tokio::sync::Notify::new());
     for acceptor in acceptors {
         tokio::task::spawn_local(accept_loop(
             acceptor,
             Arc::clone(&shutdown),
             Arc::clone(&handler),
+            (Rc::clone(&live), Rc::clone(&idle)),
         ));
     }
     crate::shutdown::triggered(&mut stop).await;
-    // Sessions watch shutdown too; give them a moment to close their sockets.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Accepting stopped; connections already accepted get a bounded moment to be answered and
+    // closed (sessions watch shutdown too and end at once).
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while live.get() > 0 {
+        tokio::select! {
+            _ = idle.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+}
+
+/// How long a serving thread waits, once stopping, for its connections to finish.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counts one connection task for as long as it lives; the last one out wakes the thread's stop.
+struct Live(Rc<Cell<usize>>, Rc<tokio::sync::Notify>);
+
+impl Live {
+    fn new(live: &Rc<Cell<usize>>, idle: &Rc<tokio::sync::Notify>) -> Live {
+        live.set(live.get() + 1);
+        Live(Rc::clone(live), Rc::clone(idle))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+        if self.0.get() == 0 {
+            self.1.notify_one();
+        }
+    }
 }
 
 async fn accept_loop<A: Acceptor + 'static, H: Handler>(
     acceptor: A,
     shutdown: Arc<Shutdown>,
     handler: Arc<H>,
+    (live, idle): (Rc<Cell<usize>>, Rc<tokio::sync::Notify>),
 ) {
     let mut stop = shutdown.subscribe();
     loop {
@@ -269,7 +304,12 @@ async fn accept_loop<A: Acceptor + 'static, H: Handler>(
         };
         match accepted {
             Ok((conn, peer)) => {
-                tokio::task::spawn_local(Arc::clone(&handler).serve(conn, peer));
+                let counted = Live::new(&live, &idle);
+                let serve = Arc::clone(&handler).serve(conn, peer);
+                tokio::task::spawn_local(async move {
+                    serve.await;
+                    drop(counted);
+                });
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays open.

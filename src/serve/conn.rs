@@ -58,7 +58,8 @@ pub async fn handle<C: Conn>(
         // Between keep-alive requests the connection is idle: the first to go when the pending
         // table is full (see `admit::pending`).
         pending.set_idle(!first);
-        let (outcome, back) = read_request(&mut conn, buf, limit, &mut shutdown, &pending).await;
+        let (outcome, back) =
+            read_request(&mut conn, buf, limit, &mut shutdown, &pending, !first).await;
         pending.set_idle(false);
         let req = match outcome {
             ReadOutcome::Request(r) => r,
@@ -97,6 +98,9 @@ pub async fn handle<C: Conn>(
             Ok((_, Some(denied))) => {
                 app.count(Count::RejectedAuth);
                 Some(denied)
+            }
+            Ok((Route::Stream(_), None)) if app.shutdown.is_triggered() => {
+                Some(Response::error(503, "stopping").header("Retry-After", 1))
             }
             Ok((Route::Stream(cam), None)) => {
                 drop(pending); // the session table bounds it from here
@@ -170,14 +174,19 @@ pub async fn handle<C: Conn>(
     }
 }
 
+/// How long, once stopping, a connection already accepted may take to send its request.
+const STOP_GRACE: Duration = Duration::from_millis(400);
+
 async fn read_request<C: Conn>(
     conn: &mut C,
     mut buf: Vec<u8>,
     limit: Duration,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     pending: &PendingPlace,
+    idle_keepalive: bool,
 ) -> (ReadOutcome, Option<Vec<u8>>) {
-    let deadline = Instant::now() + limit;
+    let mut deadline = Instant::now() + limit;
+    let mut stopping = false;
     loop {
         match request::parse(&buf) {
             Ok(Some(r)) => return (ReadOutcome::Request(r), Some(buf)),
@@ -185,10 +194,30 @@ async fn read_request<C: Conn>(
             Err(e) => return (ReadOutcome::Bad(e), Some(buf)),
         }
         let was_empty = buf.is_empty();
-        let read = tokio::select! {
-            r = timeout_at(deadline, conn.read(buf)) => r,
-            _ = triggered(shutdown) => return (ReadOutcome::Gone, None),
-            _ = pending.evicted() => return (ReadOutcome::Gone, None),
+        let mut read = std::pin::pin!(timeout_at(deadline, conn.read(buf)));
+        let read = if stopping {
+            read.await
+        } else {
+            tokio::select! {
+                r = &mut read => r,
+                _ = triggered(shutdown) => {
+                    // Stopping. An idle keep-alive connection just closes (its client retries
+                    // elsewhere); one that was accepted for a request gets a short grace to send
+                    // it and is answered (with `Connection: close`): under socket activation a
+                    // restart must not drop a connection the old process already accepted.
+                    if idle_keepalive && was_empty {
+                        return (ReadOutcome::Gone, None);
+                    }
+                    stopping = true;
+                    deadline = deadline.min(Instant::now() + STOP_GRACE);
+                    match timeout_at(deadline, &mut read).await {
+                        Ok(r) => r,
+                        Err(_) if was_empty => return (ReadOutcome::Idle, None),
+                        Err(_) => return (ReadOutcome::Timeout, None),
+                    }
+                }
+                _ = pending.evicted() => return (ReadOutcome::Gone, None),
+            }
         };
         match read {
             Err(_) if was_empty => return (ReadOutcome::Idle, None),
