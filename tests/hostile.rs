@@ -788,7 +788,9 @@ fn restart_trials() -> usize {
     }
 }
 
-/// A daemon with something in flight: streaming viewers and an idle keep-alive connection.
+/// A daemon with something in flight: streaming viewers, idle keep-alive connections, and two
+/// connections half-way through a request head. A graceful stop answers those (they get the stop's
+/// grace to finish their request), so it lasts long enough for a second signal to arrive during it.
 fn busy(d: &Daemon) -> (Vec<Viewer>, Vec<TcpStream>) {
     let mut viewers: Vec<Viewer> = (0..4).map(|_| Viewer::open(d.port, "/stream")).collect();
     for v in &mut viewers {
@@ -802,8 +804,14 @@ fn busy(d: &Daemon) -> (Vec<Viewer>, Vec<TcpStream>) {
             assert_eq!(o.code(), Some(200));
             s
         })
-        .collect();
-    (viewers, idle)
+        .collect::<Vec<_>>();
+    let mut held = idle;
+    for _ in 0..2 {
+        let mut s = connect(d.port);
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n").unwrap();
+        held.push(s);
+    }
+    (viewers, held)
 }
 
 /// SIGTERM, and a second one as soon as the daemon has taken the first (two signals sent back to

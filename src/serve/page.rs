@@ -18,7 +18,7 @@ pub fn page(app: &Server) -> String {
         let n = esc(&c.name);
         cams.push_str(&format!(
             "<section><h2>{n}{first}</h2><img src=\"cam/{n}/stream\" alt=\"{n} stream\">\
-             <p><a href=\"cam/{n}/stream\">stream</a> · <a href=\"cam/{n}/snapshot\">snapshot</a> · \
+             <p><a href=\"cam/{n}/stream\">/cam/{n}/stream</a> · <a href=\"cam/{n}/snapshot\">/cam/{n}/snapshot</a> · \
              source <code>{src}</code></p></section>\n",
             first = if i == 0 { " (default)" } else { "" },
             src = esc(&c.spec.to_string()),
