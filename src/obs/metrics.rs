@@ -126,6 +126,13 @@ pub fn render(snap: &Snapshot) -> String {
     );
     family(
         o,
+        "beltcam_camera_negotiated_fps",
+        "gauge",
+        "Frame rate the source negotiated when it opened (0 while it is not open).",
+        &per_cam(&|c| V::F(c.info.fps)),
+    );
+    family(
+        o,
         "beltcam_camera_online",
         "gauge",
         "1 when the camera delivers frames, 0 when offline or starting.",
@@ -288,6 +295,8 @@ mod tests {
             "beltcam_frames_published_total{camera=\"front\"} 10",
             "beltcam_frames_published_total{camera=\"back\"} 0",
             "beltcam_camera_fps{camera=\"front\"} 29.5",
+            "beltcam_camera_negotiated_fps{camera=\"front\"} 30",
+            "beltcam_camera_negotiated_fps{camera=\"back\"} 0",
             "beltcam_pool_reclaimed_total{camera=\"front\"} 1",
             "beltcam_camera_online{camera=\"back\"} 0",
             "beltcam_camera_clients{camera=\"front\"} 3",
@@ -311,6 +320,6 @@ mod tests {
             families,
             text.lines().filter(|l| l.starts_with("# HELP ")).count()
         );
-        assert_eq!(families, 24);
+        assert_eq!(families, 25);
     }
 }
