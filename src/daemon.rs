@@ -89,7 +89,8 @@ pub fn start(
     if settings.cameras.is_empty() {
         settings.cameras.push(default_camera());
     }
-    let listeners = if passed.is_empty() {
+    let passed_empty = passed.is_empty();
+    let listeners = if passed_empty {
         settings
             .listen
             .iter()
@@ -102,8 +103,12 @@ pub fn start(
         );
         passed
     };
-    for l in &listeners {
-        shutdown.register_listener(std::os::fd::AsRawFd::as_raw_fd(l));
+    // Only sockets we bound: a socket-activated one belongs to systemd and serves the next instance,
+    // so an immediate exit must not shut it down.
+    if passed_empty {
+        for l in &listeners {
+            shutdown.register_listener(std::os::fd::AsRawFd::as_raw_fd(l));
+        }
     }
     let health = Arc::new(Health::new());
     let events = Arc::new(EventBus::new(settings.max_event_subscribers));

@@ -90,7 +90,7 @@ fn listen(server: &Arc<Server>, backend: Backend) -> SocketAddr {
             ));
         }
         Backend::Uring => {
-            let l = net::uring::UringAcceptor::new(std);
+            let l = net::uring::UringAcceptor::new(std).unwrap();
             tokio::task::spawn_local(net::run_thread(
                 vec![l],
                 shutdown,

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::TcpStream;
 
 use super::{pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
 use crate::pool::LeaseBuf;
@@ -75,18 +75,42 @@ impl Drop for UringConn {
     }
 }
 
-pub struct UringAcceptor(TcpListener);
+/// Accepts by readiness (the tokio reactor under tokio-uring) and a non-blocking `accept`, not by
+/// an io_uring accept operation: an accept op still in flight when the thread stops would take a
+/// connection from the listening socket and drop it unanswered. Under socket activation the
+/// listening socket outlives this process, so a restart must leave every connection it did not
+/// accept in the socket's queue for the next one.
+pub struct UringAcceptor {
+    // Declared before `listener`: deregisters before the socket closes.
+    ready: AsyncFd<RawFd>,
+    listener: std::net::TcpListener,
+}
 
 impl UringAcceptor {
-    pub fn new(listener: std::net::TcpListener) -> Self {
-        UringAcceptor(TcpListener::from_std(listener))
+    /// Must be called on the runtime (it registers the listener with its reactor).
+    pub fn new(listener: std::net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: the fd belongs to `listener`, which lives in the same struct and outlives the
+        // registration (field order drops `ready` first).
+        let ready =
+            unsafe { AsyncFd::register_with_interest(listener.as_raw_fd(), Interest::READABLE) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(UringAcceptor { ready, listener })
     }
 }
 
 impl Acceptor for UringAcceptor {
     type Conn = UringConn;
     async fn accept(&self) -> io::Result<(UringConn, SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
+        let (std_stream, peer) = loop {
+            let mut guard = self.ready.readable().await?;
+            match guard.try_io(|_| self.listener.accept()) {
+                Ok(r) => break r?,
+                Err(_would_block) => continue,
+            }
+        };
+        // io_uring operations need no O_NONBLOCK; the accepted socket is blocking by default.
+        let stream = TcpStream::from_std(std_stream);
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
         Ok((
@@ -105,8 +129,12 @@ pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
     // (RLIMIT_MEMLOCK on kernels before 5.12, a seccomp filter applied after the probe).
     let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
     rt.block_on(async move {
-        let acceptors = t.listeners.into_iter().map(UringAcceptor::new).collect();
+        let acceptors = t
+            .listeners
+            .into_iter()
+            .map(UringAcceptor::new)
+            .collect::<io::Result<Vec<_>>>()?;
         run_thread(acceptors, t.shutdown, t.heartbeat, t.handler, t.started).await;
-    });
-    Ok(())
+        Ok(())
+    })
 }
