@@ -816,15 +816,23 @@ fn busy(d: &Daemon) -> (Vec<Viewer>, Vec<TcpStream>) {
 
 /// SIGTERM, and a second one as soon as the daemon has taken the first (two signals sent back to
 /// back would merge into one pending signal).
-fn double_sigterm(d: &Daemon) {
+///
+/// Returns false when the graceful stop had already finished (the process was a zombie) before the
+/// second signal could be sent: that trial says nothing about the second signal.
+fn double_sigterm(d: &Daemon) -> bool {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.pid(), libc::SIGTERM) };
     let took = wait_for(Duration::from_secs(1), || {
         d.log_text().contains("shutting down")
     });
     assert!(took, "the daemon logs its graceful stop: {}", d.log_text());
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap_or_default();
+    let running = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
     // SAFETY: as above.
     unsafe { libc::kill(d.pid(), libc::SIGTERM) };
+    running
 }
 
 fn restart_after(backend: &str, kill: Kill) {
@@ -852,11 +860,17 @@ fn restart_after(backend: &str, kill: Kill) {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             Kill::DoubleSigterm => {
-                double_sigterm(&old);
+                let second_hit = double_sigterm(&old);
                 let status = wait_exit(&mut old.child, Duration::from_secs(2));
-                exit_codes.push(status.map_or("running".into(), |s| {
+                let code = status.map_or("running".into(), |s| {
                     s.code().map_or(format!("{s}"), |c| c.to_string())
-                }));
+                });
+                // A graceful stop that finished before the second signal proves nothing about it.
+                exit_codes.push(if second_hit {
+                    code
+                } else {
+                    format!("({code})")
+                });
             }
         }
         let t = Instant::now();
@@ -890,7 +904,7 @@ fn restart_after(backend: &str, kill: Kill) {
     if kill == Kill::DoubleSigterm {
         v.figure("exit_codes", exit_codes.join(","));
         v.check(
-            exit_codes.iter().all(|c| c == "143"),
+            exit_codes.iter().all(|c| c == "143" || c == "(0)"),
             format!("a double SIGTERM exits with 143 at once, got {exit_codes:?}"),
         );
     }
@@ -914,12 +928,19 @@ fn second_sigterm_exits_at_once(backend: &str) {
         return;
     }
     let _g = heavy();
-    let mut d = Daemon::start(&["--io-backend", backend, "--source", "synthetic:160x120@15"]);
-    let _load = busy(&d);
-    let t = Instant::now();
-    double_sigterm(&d);
-    let status = wait_exit(&mut d.child, Duration::from_secs(1));
-    let took = t.elapsed();
+    // Up to three tries: on a loaded host the graceful stop may finish before the second signal
+    // is sent, and such a try says nothing about the second signal.
+    let (status, took) = (0..3)
+        .find_map(|_| {
+            let mut d =
+                Daemon::start(&["--io-backend", backend, "--source", "synthetic:160x120@15"]);
+            let _load = busy(&d);
+            let t = Instant::now();
+            let hit = double_sigterm(&d);
+            let status = wait_exit(&mut d.child, Duration::from_secs(1));
+            hit.then(|| (status, t.elapsed()))
+        })
+        .expect("in three tries the second SIGTERM never reached a running daemon");
     let code = status.and_then(|s| s.code());
     let mut v = Verdict::new(6, test, backend);
     v.figure("exit_code", format!("{code:?}"));
