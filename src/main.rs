@@ -158,6 +158,22 @@ fn render_check(cfg: &Config, settings: &Settings) -> Result<String, toml::ser::
     Ok(out)
 }
 
+/// Writes a subcommand's output to stdout: exit 0, or 1 with one line when it cannot be rendered
+/// or written.
+#[allow(clippy::print_stderr)]
+fn print_out<E: std::fmt::Display>(out: Result<String, E>) -> ExitCode {
+    let written = out
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("beltcam: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     // Before any thread exists, so all of them inherit the blocked mask.
@@ -189,35 +205,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match &cli.command {
-        Some(Command::CheckConfig) => {
-            let written = render_check(&cfg, &settings)
-                .map_err(std::io::Error::other)
-                .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
-            match written {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("beltcam: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Some(Command::CheckConfig) => print_out(render_check(&cfg, &settings)),
         Some(Command::Devices { json }) => {
             let devices = beltcam::capture::devices::list();
-            let out = if *json {
+            print_out(if *json {
                 serde_json::to_string_pretty(&devices).map(|j| j + "\n")
             } else {
                 Ok(beltcam::capture::devices::render_text(&devices))
-            };
-            let written = out
-                .map_err(std::io::Error::other)
-                .and_then(|o| std::io::Write::write_all(&mut std::io::stdout(), o.as_bytes()));
-            match written {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("beltcam: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            })
         }
         Some(Command::Run) | None => run(&cli, settings, auth, passed),
     }
