@@ -220,7 +220,7 @@ pub struct Settings {
     pub memory_budget_mb: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CameraSettings {
     pub name: String,
     pub source: SourceSpec,

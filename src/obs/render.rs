@@ -162,7 +162,7 @@ pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
     let clients: serde_json::Map<String, Value> = snap
         .clients
         .iter()
-        .filter(|c| c.camera == camera)
+        .filter(|c| c.camera == cam.id)
         .map(|c| {
             let stat = json!({
                 "fps": c.fps,
@@ -234,6 +234,7 @@ pub(crate) mod tests {
             leased: 3,
         };
         let front = CameraView {
+            id: 0,
             name: "front".into(),
             source: "synthetic:640x480@30".into(),
             state: CameraState::Online,
@@ -261,6 +262,7 @@ pub(crate) mod tests {
             last_frame_age: Some(Duration::from_millis(20)),
         };
         let back = CameraView {
+            id: 1,
             name: "back".into(),
             source: "v4l2:/dev/video9".into(),
             state: CameraState::Offline,

@@ -77,6 +77,9 @@ pub struct PoolStats {
 /// One camera as the views show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CameraView {
+    /// The camera's stable id (what sessions refer to); not shown.
+    #[serde(skip)]
+    pub id: usize,
     pub name: String,
     /// The source spec, as configured.
     pub source: String,

@@ -117,7 +117,17 @@ impl Daemon {
         Self::spawn(args, false)
     }
 
+    /// Starts beltcam with exactly `args` plus `--listen 127.0.0.1:PORT`: no lifted per-IP limits
+    /// and no `--log-level`, for tests whose configuration file sets them.
+    pub fn start_exact(args: &[&str]) -> Daemon {
+        Self::spawn_with(args, true, false)
+    }
+
     fn spawn(args: &[&str], healthy: bool) -> Daemon {
+        Self::spawn_with(args, healthy, true)
+    }
+
+    fn spawn_with(args: &[&str], healthy: bool, lift_limits: bool) -> Daemon {
         let port = free_port();
         let log =
             std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
@@ -130,12 +140,17 @@ impl Daemon {
             ("--max-clients-per-ip", "1024"),
             ("--connects-per-minute", "1000000"),
         ] {
-            if !args.contains(&flag) {
+            if lift_limits && !args.contains(&flag) {
                 defaults.extend([flag, value]);
             }
         }
         let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
-            .args(["--listen", &listen, "--log-level", "info"])
+            .args(["--listen", &listen])
+            .args(if lift_limits {
+                &["--log-level", "info"][..]
+            } else {
+                &[]
+            })
             .args(&defaults)
             .args(args)
             .stdin(Stdio::null())
