@@ -71,6 +71,7 @@ pub fn make_source(cam: &CameraSettings) -> Result<Box<dyn FrameSource>, String>
             format.clone(),
             cam.v4l2,
         ))),
+        SourceSpec::Http(url) => Ok(Box::new(capture::relay::RelaySource::new(url.clone()))),
     }
 }
 

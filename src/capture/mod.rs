@@ -12,12 +12,13 @@ pub mod dir;
 pub mod encode;
 pub mod font;
 pub mod jpeg;
+pub mod relay;
 pub mod synthetic;
 pub mod v4l2;
 pub mod workers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -98,6 +99,8 @@ pub struct Camera {
     /// Set when a reload removed (or replaced) this camera: its capture thread ends and its viewers
     /// get a clean end.
     retired: AtomicBool,
+    /// A relayed camera's upstream counters (see `relay`).
+    upstream: OnceLock<Arc<relay::UpstreamCounters>>,
     events: Arc<EventBus>,
 }
 
@@ -137,6 +140,7 @@ impl Camera {
             placeholder,
             shutdown,
             retired: AtomicBool::new(false),
+            upstream: OnceLock::new(),
             events,
         }
     }
@@ -146,6 +150,11 @@ impl Camera {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.frames_tx.send_modify(|_| {});
+    }
+
+    /// Shows a relay's upstream counters in this camera's views (the first call wins).
+    pub fn attach_upstream(&self, counters: Arc<relay::UpstreamCounters>) {
+        let _ = self.upstream.set(counters);
     }
 
     /// Whether a reload removed this camera.
@@ -194,6 +203,7 @@ impl Camera {
             pool: self.pool.stats(),
             clients,
             last_frame_age,
+            upstream: self.upstream.get().map(|u| u.stats()),
         }
     }
 

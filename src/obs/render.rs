@@ -45,7 +45,7 @@ pub fn stats(snap: &Snapshot) -> Value {
         .iter()
         .map(|cam| {
             let (k, p) = (&cam.counts, &cam.pool);
-            json!({
+            let mut v = json!({
                 "name": cam.name,
                 "source": cam.source,
                 "state": cam.state.as_str(),
@@ -69,7 +69,11 @@ pub fn stats(snap: &Snapshot) -> Value {
                     "fps": k.fps,
                 },
                 "leases": p.leased,
-            })
+            });
+            if let Some(u) = &cam.upstream {
+                v["upstream"] = json!(u);
+            }
+            v
         })
         .collect();
     let (s, c, g, e) = (&snap.sessions, &snap.server, &snap.guard, &snap.events);
@@ -259,6 +263,7 @@ pub(crate) mod tests {
             },
             pool,
             clients: 3,
+            upstream: None,
             last_frame_age: Some(Duration::from_millis(20)),
         };
         let back = CameraView {
@@ -277,6 +282,7 @@ pub(crate) mod tests {
             },
             clients: 0,
             last_frame_age: None,
+            upstream: None,
         };
         Snapshot {
             backend: "io_uring",
