@@ -344,7 +344,9 @@ fn stalled_upstream_goes_offline_and_reconnects() {
     // (the camera may be online again on the new connection: the upstream's last error says why)
     let u = upstream_stats(&relay);
     assert!(
-        u["last_error"].as_str().is_some_and(|r| r.contains("no frame")),
+        u["last_error"]
+            .as_str()
+            .is_some_and(|r| r.contains("no frame")),
         "{u}"
     );
     eprintln!("relay: stalled upstream detected after {stalled_after:?}");

@@ -12,6 +12,7 @@ pub mod dir;
 pub mod encode;
 pub mod font;
 pub mod jpeg;
+pub mod record;
 pub mod relay;
 pub mod synthetic;
 pub mod v4l2;
@@ -101,6 +102,8 @@ pub struct Camera {
     retired: AtomicBool,
     /// A relayed camera's upstream counters (see `relay`).
     upstream: OnceLock<Arc<relay::UpstreamCounters>>,
+    /// A recording camera's recorder counters (see `record`).
+    recording: OnceLock<Arc<record::RecordCounters>>,
     events: Arc<EventBus>,
 }
 
@@ -141,6 +144,7 @@ impl Camera {
             shutdown,
             retired: AtomicBool::new(false),
             upstream: OnceLock::new(),
+            recording: OnceLock::new(),
             events,
         }
     }
@@ -155,6 +159,11 @@ impl Camera {
     /// Shows a relay's upstream counters in this camera's views (the first call wins).
     pub fn attach_upstream(&self, counters: Arc<relay::UpstreamCounters>) {
         let _ = self.upstream.set(counters);
+    }
+
+    /// Shows a recorder's counters in this camera's views (the first call wins).
+    pub fn attach_recording(&self, counters: Arc<record::RecordCounters>) {
+        let _ = self.recording.set(counters);
     }
 
     /// Whether a reload removed this camera.
@@ -204,6 +213,7 @@ impl Camera {
             clients,
             last_frame_age,
             upstream: self.upstream.get().map(|u| u.stats()),
+            recording: self.recording.get().map(|r| r.stats()),
         }
     }
 
