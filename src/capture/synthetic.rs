@@ -190,7 +190,8 @@ mod tests {
         assert_eq!(l.as_str().len(), LINE_BYTES);
         assert!(l.as_str().starts_with("éé"));
         let mut l = Line::new();
-        let _ = write!(l, "{} FRAME {:06}", "front", 42);
+        let (name, n) = ("front", 42);
+        let _ = write!(l, "{name} FRAME {n:06}");
         assert_eq!(l.as_str(), "front FRAME 000042");
     }
 }
