@@ -299,6 +299,10 @@ impl Live {
                         cam.publish(slot, n, captured, info.width as u32, info.height as u32);
                         Ok(())
                     }
+                    Err(dht::CopyError::TooBig(_)) => {
+                        cam.count_oversize();
+                        Ok(())
+                    }
                     Err(e) => Err(e.to_string()),
                 },
             }
