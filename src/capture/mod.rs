@@ -53,6 +53,10 @@ pub enum SourceError {
 /// in `capture` until a frame is due, but never longer than about a second, so the capture thread's
 /// heartbeat keeps beating and shutdown is noticed.
 pub trait FrameSource: Send {
+    /// Called once by the capture thread, before the first `open`, with the camera this source
+    /// serves for its whole life. A source with threads of its own that publish (the V4L2 encode
+    /// workers) keeps it; the others need not.
+    fn attach(&mut self, _cam: &Arc<Camera>) {}
     /// Opens (or re-opens after a failure) and says what was negotiated.
     fn open(&mut self, cam: &Camera) -> Result<StreamInfo, SourceError>;
     /// Produces at most one frame into `cam` (via `cam.claim()` and `cam.publish(..)`).
@@ -463,6 +467,7 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut fps_window = (Instant::now(), 0u64);
     let mut last_placeholder: Option<Instant> = None;
+    source.attach(&cam);
     let mut placeholder_due = |cam: &Camera| {
         if last_placeholder.map_or(true, |t| t.elapsed() >= PLACEHOLDER_EVERY) {
             cam.publish_placeholder();

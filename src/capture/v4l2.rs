@@ -13,6 +13,7 @@ pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -39,6 +40,8 @@ pub struct V4l2Source {
     request: Request,
     opts: V4l2Options,
     live: Option<Live>,
+    /// The camera the encode workers publish into (`FrameSource::attach`).
+    cam: Option<Arc<Camera>>,
 }
 
 /// An open, streaming device. Field order is drop order: buffers unmapped before the fd closes.
@@ -73,6 +76,7 @@ impl V4l2Source {
             },
             opts,
             live: None,
+            cam: None,
         }
     }
 }
@@ -143,7 +147,10 @@ impl V4l2Source {
                     .map_err(|e| SourceError::Open(format!("{path}: {e}")))?;
                 raw_bytes = raw.frame_bytes(stride, h);
                 let bytes = raw_bytes.max(fmt.sizeimage as usize);
-                let pool = EncodePool::new(encs, bytes, fmt.width, fmt.height)
+                let attached = self.cam.as_ref().ok_or_else(|| {
+                    SourceError::Open(format!("{path}: raw formats need an attached camera"))
+                })?;
+                let pool = EncodePool::start(attached, encs, bytes, fmt.width, fmt.height)
                     .map_err(|e| open_err("encode workers", e))?;
                 Some(pool)
             }
@@ -181,6 +188,10 @@ impl V4l2Source {
 }
 
 impl FrameSource for V4l2Source {
+    fn attach(&mut self, cam: &Arc<Camera>) {
+        self.cam = Some(Arc::clone(cam));
+    }
+
     fn open(&mut self, cam: &Camera) -> Result<StreamInfo, SourceError> {
         self.close();
         let (live, info) = self.open_device(cam)?;
@@ -197,11 +208,16 @@ impl FrameSource for V4l2Source {
         let Some(mut pool) = live.encoders.take() else {
             return live.window(cam, end, None);
         };
+        // The workers keep running between calls; only the queues' ends are lent here.
         let fd = pool.done_fd();
-        let r = pool.run(cam, |d| live.window(cam, end, Some((d, fd))));
+        let r = live.window(cam, end, Some((&mut pool.dispatch(), fd)));
         live.log_stats(cam, &pool);
+        let alive = pool.alive();
         live.encoders = Some(pool);
-        r.map_err(|e| SourceError::Gone(format!("cannot start encode workers: {e}")))?
+        if !alive {
+            return Err(SourceError::Gone("an encode worker stopped".into()));
+        }
+        r
     }
 
     fn close(&mut self) {
