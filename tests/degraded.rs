@@ -99,6 +99,18 @@ fn frames_larger_than_a_slot_make_a_named_degraded_camera_and_recover() {
     });
     assert!(named, "/health does not name the oversize camera: {last}");
     assert_eq!(camera(&last, "ok")["status"], "ok", "{last}");
+    let stats = d.stats();
+    let big_stats = camera(&stats, "big");
+    assert!(
+        big_stats["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("larger than a pool slot")),
+        "/stats: {big_stats}"
+    );
+    assert!(
+        big_stats["frames"]["oversize"].as_u64() >= Some(1),
+        "{big_stats}"
+    );
     let oversize = metric(d.port, r#"beltcam_frames_oversize_total{camera="big"}"#);
     assert!(oversize.is_some_and(|n| n >= 1.0), "metric: {oversize:?}");
 

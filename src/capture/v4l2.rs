@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::convert::{RawEncoder, RawFormat};
 use super::workers::{self, Dispatch, EncodePool, Job};
 use super::{dht, now_us, Camera, FrameSource, SourceError, StreamInfo};
+use crate::logging::{RateLimit, REPEAT_EVERY};
 use ioctl::{DeviceFd, PixFormat};
 pub use negotiate::offers;
 use negotiate::{fourcc_str, Request};
@@ -42,6 +43,9 @@ pub struct V4l2Source {
     live: Option<Live>,
     /// The camera the encode workers publish into (`FrameSource::attach`).
     cam: Option<Arc<Camera>>,
+    /// Warnings of `open`, which repeat at every re-open of a failing device.
+    rate_warning: RateLimit,
+    mode_warning: RateLimit,
 }
 
 /// An open, streaming device. Field order is drop order: buffers unmapped before the fd closes.
@@ -77,6 +81,8 @@ impl V4l2Source {
             opts,
             live: None,
             cam: None,
+            rate_warning: RateLimit::new(REPEAT_EVERY),
+            mode_warning: RateLimit::new(REPEAT_EVERY),
         }
     }
 }
@@ -126,12 +132,18 @@ impl V4l2Source {
                 Ok(Some(got)) => interval = Some(got),
                 Ok(None) => {}
                 // Some drivers have no S_PARM (fixed rate): stream at whatever they deliver.
-                Err(e) => warn!(device = %path, %e, "cannot set the frame rate"),
+                Err(e) => {
+                    if let Some(held_back) = self.rate_warning.allow() {
+                        warn!(device = %path, %e, held_back, "cannot set the frame rate");
+                    }
+                }
             }
         }
         let fps = interval.map_or(0.0, negotiate::fps_of);
-        if !choice.notes.is_empty() || (fmt.width, fmt.height) != (choice.width, choice.height) {
-            warn!(device = %path, asked = ?self.request, notes = ?choice.notes,
+        let substituted =
+            !choice.notes.is_empty() || (fmt.width, fmt.height) != (choice.width, choice.height);
+        if let Some(held_back) = substituted.then(|| self.mode_warning.allow()).flatten() {
+            warn!(held_back, device = %path, asked = ?self.request, notes = ?choice.notes,
                   format = %fourcc_str(fmt.fourcc), width = fmt.width, height = fmt.height, fps,
                   "requested mode not offered; using the nearest");
         }
