@@ -151,6 +151,10 @@ pub fn camera_verdict(cam: &CameraView) -> (Status, String) {
         return (Status::Degraded, "recording paused: disk low".into());
     }
     match (cam.state, cam.last_frame_age) {
+        // A camera that delivers but loses frames (larger than a slot) says why.
+        (CameraState::Online | CameraState::Starting, _) if !cam.reason.is_empty() => {
+            (Status::Degraded, cam.reason.clone())
+        }
         (CameraState::Online, Some(age)) if age <= stale_after(cam.nominal_fps) => {
             (Status::Ok, String::new())
         }

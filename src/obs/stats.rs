@@ -84,7 +84,7 @@ pub struct CameraView {
     /// The source spec, as configured.
     pub source: String,
     pub state: CameraState,
-    /// Why the camera is offline (empty when it is not).
+    /// Why the camera is offline, or degraded while online (empty when it is fine).
     pub reason: String,
     pub info: StreamInfo,
     /// The frame rate the source is configured for, when it has one (judges staleness).
