@@ -156,6 +156,10 @@ pub struct CameraConfig {
     /// Encode worker threads for raw (non-MJPEG) V4L2 formats (1..=8). Default 2.
     #[serde(default = "default_encode_workers")]
     pub encode_workers: usize,
+    /// Capture on demand: stop capturing after this many seconds without a viewer, snapshot or
+    /// recorder wanting frames (0: always on, the default); the next one starts it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_stop_s: f64,
     /// `[camera.record]`: keep frames on disk. Default: not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordConfig>,
@@ -181,6 +185,10 @@ pub struct RecordConfig {
     /// Pause recording while the file system has less free than this many MiB. Default 256.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_record_fps() -> f64 {
@@ -269,6 +277,7 @@ impl CameraConfig {
             quality: default_quality(),
             buffers: default_buffers(),
             encode_workers: default_encode_workers(),
+            idle_stop_s: 0.0,
             record: None,
         }
     }
@@ -317,6 +326,8 @@ pub struct CameraSettings {
     pub source: SourceSpec,
     pub quality: u8,
     pub v4l2: V4l2Options,
+    /// Capture on demand (`idle_stop_s`); `None`: always on.
+    pub idle_stop: Option<Duration>,
     pub record: Option<RecordSettings>,
 }
 
@@ -489,11 +500,19 @@ impl Config {
             };
             v4l2.validate().map_err(|(k, r)| err(key(k), r))?;
             let record = c.record.as_ref().map(|r| r.validate(key)).transpose()?;
+            if !(c.idle_stop_s.is_finite() && (0.0..=86_400.0).contains(&c.idle_stop_s)) {
+                return Err(err(
+                    key("idle_stop_s"),
+                    format!("must be 0..=86400 seconds (got {})", c.idle_stop_s),
+                ));
+            }
+            let idle_stop = (c.idle_stop_s > 0.0).then(|| Duration::from_secs_f64(c.idle_stop_s));
             cameras.push(CameraSettings {
                 name: c.name.clone(),
                 source,
                 quality: c.quality,
                 v4l2,
+                idle_stop,
                 record,
             });
         }

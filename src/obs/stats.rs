@@ -14,6 +14,8 @@ pub enum CameraState {
     Starting,
     Online,
     Offline,
+    /// Capture stopped because nothing wanted frames for `idle_stop_s` (capture on demand).
+    Idle,
 }
 
 impl CameraState {
@@ -22,6 +24,7 @@ impl CameraState {
             CameraState::Starting => "starting",
             CameraState::Online => "online",
             CameraState::Offline => "offline",
+            CameraState::Idle => "idle",
         }
     }
 }

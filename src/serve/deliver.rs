@@ -52,6 +52,8 @@ pub async fn snapshot<C: Conn>(
     {
         return false;
     }
+    // An idle camera (capture on demand) starts now.
+    cam.want_once();
     let mut rx = cam.subscribe();
     let lease = loop {
         if let Some(l) = cam.pool.lease_newest() {
@@ -157,6 +159,8 @@ pub async fn stream<C: Conn>(
         },
     );
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
+    // Capture runs while any session wants frames (capture on demand).
+    let _demand = cam.demand();
     let typical = cam
         .pool
         .lease_newest()
