@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use crate::http::params::StreamParams;
 use crate::limits::MAX_SESSIONS;
 use crate::obs::stats::{ClientStat, SessionStats};
 
@@ -26,6 +27,8 @@ pub struct SessionCounters {
     fps_prev: AtomicU64,
     close: AtomicBool,
     close_notify: Notify,
+    /// The viewer's stream options, set once when its stream starts (`/state` shows them).
+    params: OnceLock<StreamParams>,
 }
 
 impl SessionCounters {
@@ -69,6 +72,11 @@ impl SessionCounters {
             self.bytes.load(Ordering::Relaxed),
             self.skipped.load(Ordering::Relaxed),
         )
+    }
+
+    /// Records the viewer's stream options (the first call wins).
+    pub fn set_params(&self, p: StreamParams) {
+        let _ = self.params.set(p);
     }
 
     /// Asks the session to end; it notices at its next wait.
@@ -275,6 +283,7 @@ impl SessionTable {
                         id: e.id,
                         camera: e.camera,
                         fps: e.counters.fps(),
+                        params: e.counters.params.get().cloned().unwrap_or_default(),
                     })
                     .collect()
             })

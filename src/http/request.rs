@@ -28,6 +28,9 @@ pub struct Request {
     pub keep_alive: bool,
     /// The `Authorization` header's value.
     pub authorization: Option<String>,
+    /// The `User-Agent` says `Mozilla/` (every browser does): a stream gets the next part's
+    /// headers in advance (see `multipart`).
+    pub browser: bool,
     /// Bytes of the head, so a pipelined next request can be found after it.
     pub head_len: usize,
     /// Declared body length (bodies are not used; a body is skipped or refused).
@@ -99,6 +102,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
     let version = req.version.unwrap_or(0);
     let mut keep_alive = version == 1;
     let mut authorization = None;
+    let mut browser = false;
     let mut content_length = None;
     let mut hosts = 0;
     for h in req.headers.iter() {
@@ -114,6 +118,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
             }
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = std::str::from_utf8(h.value).ok().map(str::to_owned);
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            browser = h.value.starts_with(b"Mozilla/");
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = std::str::from_utf8(h.value)
                 .ok()
@@ -146,6 +152,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         query,
         keep_alive,
         authorization,
+        browser,
         head_len,
         content_length,
     }))

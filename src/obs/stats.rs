@@ -163,7 +163,7 @@ pub struct ServerCounts {
 }
 
 /// One stream session as ustreamer's `/state` lists it in `clients_stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientStat {
     /// The session id (the one `/sessions` shows and `DELETE /sessions/ID` takes).
     pub id: u64,
@@ -171,6 +171,8 @@ pub struct ClientStat {
     pub camera: usize,
     /// Frames sent to this session in the last whole second.
     pub fps: u32,
+    /// Its `/stream` options.
+    pub params: crate::http::params::StreamParams,
 }
 
 /// The session table's figures.

@@ -113,7 +113,7 @@ pub async fn handle<C: Conn>(
                 let cam = Arc::clone(&live.cameras[pos]);
                 let send_timeout = live.settings.send_timeout;
                 drop(live);
-                deliver::stream(&app, conn, peer, cam, send_timeout, head_only).await;
+                deliver::stream(&app, conn, peer, cam, send_timeout, &req).await;
                 return;
             }
             Ok((Route::Events, None)) => {
@@ -123,7 +123,7 @@ pub async fn handle<C: Conn>(
             }
             Ok((Route::Snapshot(pos), None)) => {
                 let cam = &live.cameras[pos];
-                if deliver::snapshot(&app, &live.settings, &mut conn, cam, head_only, close).await {
+                if deliver::snapshot(&app, &live.settings, &mut conn, cam, &req, close).await {
                     None
                 } else {
                     return;
