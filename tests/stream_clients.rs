@@ -50,9 +50,9 @@ fn progress_frames(path: &PathBuf) -> u64 {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("frame="))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -154,9 +154,9 @@ fn ffmpeg_frames(url: &str, secs: u32) -> (u64, String) {
     let text = String::from_utf8_lossy(&out.stdout);
     let frames = text
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("frame="))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0);
     (frames, String::from_utf8_lossy(&out.stderr).into_owned())
 }
