@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,8 +69,14 @@ fn chromium() -> Option<&'static str> {
         })
 }
 
-/// Reads `/stream` as a non-browser client and logs (arrival ms, file index) for each frame.
-fn reference_reader(port: u16, files: Vec<Vec<u8>>, until: Instant) -> Vec<(u64, usize)> {
+/// Reads `/stream` as a non-browser client and logs (arrival ms, file index) for each frame, until
+/// `stop` is set or `until`.
+fn reference_reader(
+    port: u16,
+    files: Vec<Vec<u8>>,
+    stop: &AtomicBool,
+    until: Instant,
+) -> Vec<(u64, usize)> {
     let mut s = connect(port);
     s.set_read_timeout(Some(Duration::from_millis(200))).ok();
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -77,7 +84,7 @@ fn reference_reader(port: u16, files: Vec<Vec<u8>>, until: Instant) -> Vec<(u64,
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];
     let mut out = Vec::new();
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -209,11 +216,17 @@ setTimeout(() => fetch('http://127.0.0.1:{log_port}/log', {{method: 'POST', body
     std::fs::write(&page_path, page).unwrap();
     let profile = temp_dir("profile");
 
-    let until = Instant::now() + Duration::from_millis(WATCH_MS + 4_000);
+    // The reader runs until the page's log is in (bounded by the same deadline as the log).
+    let log_limit = Duration::from_millis(WATCH_MS + 20_000);
+    let until = Instant::now() + log_limit + Duration::from_secs(1);
     let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (arrivals, files, port) = (Arc::clone(&arrivals), files.clone(), d.port);
-        std::thread::spawn(move || *arrivals.lock().unwrap() = reference_reader(port, files, until))
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            *arrivals.lock().unwrap() = reference_reader(port, files, &stop, until)
+        })
     };
     let mut chrome = Command::new(browser)
         .args([
@@ -229,9 +242,10 @@ setTimeout(() => fetch('http://127.0.0.1:{log_port}/log', {{method: 'POST', body
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromium");
-    let log = receive_log(listener, Duration::from_millis(WATCH_MS + 20_000));
+    let log = receive_log(listener, log_limit);
     let _ = chrome.kill();
     let _ = chrome.wait();
+    stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     let log = log.expect("the page posted its log within the deadline");
     let log: serde_json::Value = serde_json::from_str(&log).unwrap();
