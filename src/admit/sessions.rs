@@ -11,9 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use crate::http::params::StreamParams;
 use crate::limits::MAX_SESSIONS;
-use crate::obs::stats::{ClientStat, SessionStats};
+use crate::obs::stats::{ClientOptions, ClientStat, SessionStats};
 
 /// Live counters of one session, shared by the session's task and the table.
 #[derive(Default)]
@@ -28,7 +27,7 @@ pub struct SessionCounters {
     close: AtomicBool,
     close_notify: Notify,
     /// The viewer's stream options, set once when its stream starts (`/state` shows them).
-    params: OnceLock<StreamParams>,
+    options: OnceLock<ClientOptions>,
 }
 
 impl SessionCounters {
@@ -75,8 +74,8 @@ impl SessionCounters {
     }
 
     /// Records the viewer's stream options (the first call wins).
-    pub fn set_params(&self, p: StreamParams) {
-        let _ = self.params.set(p);
+    pub fn set_options(&self, o: ClientOptions) {
+        let _ = self.options.set(o);
     }
 
     /// Asks the session to end; it notices at its next wait.
@@ -283,7 +282,7 @@ impl SessionTable {
                         id: e.id,
                         camera: e.camera,
                         fps: e.counters.fps(),
-                        params: e.counters.params.get().cloned().unwrap_or_default(),
+                        options: e.counters.options.get().cloned().unwrap_or_default(),
                     })
                     .collect()
             })

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::request::Request;
+use crate::obs::stats::ClientOptions;
 
 /// Highest `fps=N` a viewer may ask for (above any camera's rate; the camera's rate caps it anyway).
 pub const MAX_CLIENT_FPS: u32 = 120;
@@ -19,7 +20,7 @@ pub const MAX_KEY_LEN: usize = 64;
 pub const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// A stream viewer's options, as `/state`'s `clients_stat` reports them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamParams {
     /// ustreamer's `X-UStreamer-*` part headers.
     pub extra_headers: bool,
@@ -82,6 +83,17 @@ impl StreamParams {
             self.extra_headers = false;
         }
         self
+    }
+
+    /// The options as `/state`'s `clients_stat` reports them.
+    pub fn reported(&self) -> ClientOptions {
+        ClientOptions {
+            extra_headers: self.extra_headers,
+            advance_headers: self.advance_headers == Some(true),
+            dual_final_frames: self.dual_final_frames,
+            zero_data: self.zero_data,
+            key: self.key.clone(),
+        }
     }
 
     /// Whether the pool's shared part (header, JPEG, trailer in one buffer) is what this client

@@ -173,11 +173,11 @@ pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
         .map(|c| {
             let stat = json!({
                 "fps": c.fps,
-                "extra_headers": c.params.extra_headers,
-                "advance_headers": c.params.advance_headers == Some(true),
-                "dual_final_frames": c.params.dual_final_frames,
-                "zero_data": c.params.zero_data,
-                "key": c.params.key.as_deref().unwrap_or("0"),
+                "extra_headers": c.options.extra_headers,
+                "advance_headers": c.options.advance_headers,
+                "dual_final_frames": c.options.dual_final_frames,
+                "zero_data": c.options.zero_data,
+                "key": c.options.key.as_deref().unwrap_or("0"),
             });
             (c.id.to_string(), stat)
         })

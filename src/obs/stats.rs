@@ -172,7 +172,18 @@ pub struct ClientStat {
     /// Frames sent to this session in the last whole second.
     pub fps: u32,
     /// Its `/stream` options.
-    pub params: crate::http::params::StreamParams,
+    pub options: ClientOptions,
+}
+
+/// A stream viewer's ustreamer options as `/state` reports them (set from `http::params`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientOptions {
+    pub extra_headers: bool,
+    /// As in effect (on by default for browsers).
+    pub advance_headers: bool,
+    pub dual_final_frames: bool,
+    pub zero_data: bool,
+    pub key: Option<String>,
 }
 
 /// The session table's figures.

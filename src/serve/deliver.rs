@@ -188,7 +188,7 @@ pub async fn stream<C: Conn>(
             return;
         }
     };
-    session.counters.set_params(params.clone());
+    session.counters.set_options(params.reported());
     app.events.emit(
         Some(cam.id),
         Event::SessionOpened {
