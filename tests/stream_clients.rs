@@ -20,10 +20,11 @@ fn installed(program: &str, arg: &str) -> bool {
 }
 
 /// Starts beltcam on a given port (a restart must reuse it) and waits for `/health`.
-fn start_on(port: u16, source: &str, log: &PathBuf) -> Child {
+fn start_on(port: u16, source: &str, backend: &str, log: &PathBuf) -> Child {
     let logf = std::fs::File::create(log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--source", source])
+        .args(["--io-backend", backend])
         .args([
             "--max-clients-per-ip",
             "1024",
@@ -73,8 +74,16 @@ fn ffmpeg_reconnects_across_a_restart_and_keeps_decoding() {
         return;
     }
     let _heavy = heavy();
+    for backend in ["epoll", "uring"] {
+        if backend_available(test, backend) {
+            ffmpeg_reconnect(backend);
+        }
+    }
+}
+
+fn ffmpeg_reconnect(backend: &str) {
     let port = free_port();
-    let tmp = std::env::temp_dir().join(format!("beltcam-ffrc-{}", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!("beltcam-ffrc-{backend}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let (log1, log2, progress, ff_err) = (
         tmp.join("a.log"),
@@ -83,7 +92,7 @@ fn ffmpeg_reconnects_across_a_restart_and_keeps_decoding() {
         tmp.join("ffmpeg.err"),
     );
     let source = "synthetic:320x240@15";
-    let mut first = Reaper(start_on(port, source, &log1));
+    let mut first = Reaper(start_on(port, source, backend, &log1));
     let ff = Command::new("ffmpeg")
         .args(["-nostdin", "-loglevel", "error"])
         .args([
@@ -116,7 +125,7 @@ fn ffmpeg_reconnects_across_a_restart_and_keeps_decoding() {
         "beltcam did not stop within 10 s"
     );
     let before = progress_frames(&progress);
-    let _second = Reaper(start_on(port, source, &log2));
+    let _second = Reaper(start_on(port, source, backend, &log2));
     // ffmpeg reconnects (its delay doubles from 0 s up to 2 s) and must go on decoding: 30 more
     // frames is two seconds of the new process's stream.
     let resumed = wait_for(Duration::from_secs(20), || {
@@ -127,9 +136,13 @@ fn ffmpeg_reconnects_across_a_restart_and_keeps_decoding() {
     let err = std::fs::read_to_string(&ff_err).unwrap_or_default();
     assert!(
         resumed && still_running && after >= before + 30,
-        "ffmpeg after the restart: {before} -> {after} frames, running {still_running}; stderr:\n{err}"
+        "{backend}: ffmpeg after the restart: {before} -> {after} frames, running {still_running}; stderr:\n{err}"
     );
-    assert!(!err.contains("Invalid data"), "ffmpeg stderr:\n{err}");
+    assert!(
+        !err.contains("Invalid data"),
+        "{backend}: ffmpeg stderr:\n{err}"
+    );
+    eprintln!("{backend}: ffmpeg decoded {before} frames, then {after} after the restart");
     drop(ff);
     let _ = std::fs::remove_dir_all(&tmp);
 }
