@@ -3,6 +3,7 @@
 //! refusing at once (never queueing).
 
 pub mod auth;
+pub mod forwarded;
 pub mod ipguard;
 pub mod pending;
 pub mod sessions;

@@ -166,7 +166,7 @@ pub struct ServerCounts {
 }
 
 /// One stream session as ustreamer's `/state` lists it in `clients_stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientStat {
     /// The session id (the one `/sessions` shows and `DELETE /sessions/ID` takes).
     pub id: u64,
@@ -174,6 +174,19 @@ pub struct ClientStat {
     pub camera: usize,
     /// Frames sent to this session in the last whole second.
     pub fps: u32,
+    /// Its `/stream` options.
+    pub options: ClientOptions,
+}
+
+/// A stream viewer's ustreamer options as `/state` reports them (set from `http::params`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientOptions {
+    pub extra_headers: bool,
+    /// As in effect (on by default for browsers).
+    pub advance_headers: bool,
+    pub dual_final_frames: bool,
+    pub zero_data: bool,
+    pub key: Option<String>,
 }
 
 /// The session table's figures.
