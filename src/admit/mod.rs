@@ -3,6 +3,6 @@
 //! refusing at once (never queueing).
 
 pub mod auth;
-pub mod ipguard;
-pub mod pending;
-pub mod sessions;
+pub(crate) mod ipguard;
+pub(crate) mod pending;
+pub(crate) mod sessions;

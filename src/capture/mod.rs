@@ -8,13 +8,13 @@
 pub mod convert;
 pub mod devices;
 pub mod dht;
-pub mod dir;
+pub(crate) mod dir;
 pub mod encode;
-pub mod font;
+pub(crate) mod font;
 pub mod jpeg;
 pub mod synthetic;
-pub mod v4l2;
-pub mod workers;
+pub(crate) mod v4l2;
+pub(crate) mod workers;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};

@@ -3,5 +3,5 @@
 
 pub mod multipart;
 pub mod request;
-pub mod response;
+pub(crate) mod response;
 pub mod routes;
