@@ -204,6 +204,31 @@ def main():
         "max": (2**64 - 1, 2**64 - 1, 2**64 - 1),
     }.items():
         out("multipart_header", name, struct.pack("<QQQ", *nums))
+    # Upstream MJPEG streams as relayed cameras send them (boundary "b"); the first two bytes pick the
+    # read size and the part limit (see fuzz/src/lib.rs).
+    for name, data in UPSTREAMS.items():
+        out("part_reader", name, b"\x07\x20" + data)
+
+
+def part(body, length=True, lf=False, before=True):
+    nl = "\n" if lf else "\r\n"
+    head = "Content-Type: image/jpeg" + nl
+    if length:
+        head += "Content-Length: %d%s" % (len(body), nl)
+    return ((("--b" + nl) if before else "") + head + nl).encode() + body + nl.encode()
+
+
+UPSTREAMS = {
+    # beltcam / ustreamer: delimiter line, then headers with Content-Length, body, CRLF.
+    "beltcam-framing": b"--b\r\n" + part(b"\xff\xd8abc\xff\xd9", before=False) + b"--b\r\n"
+    + part(b"\xff\xd8de\xff\xd9", before=False) + b"--b\r\n",
+    # mjpg-streamer style: boundary before each part, no Content-Length.
+    "no-length": b"\r\n" + part(b"\xff\xd8one\xff\xd9", length=False) + part(b"\xff\xd8two\xff\xd9", length=False) + b"--b--\r\n",
+    "lf-only": part(b"\xff\xd8lf\xff\xd9", lf=True) + part(b"x", length=False, lf=True) + b"--b\n",
+    "garbage-between": b"junk\r\n" + part(b"A") + b"more junk here\r\n" + part(b"B") + b"--b\r\n",
+    "oversize": part(b"X" * 600) + part(b"ok") + part(b"Y" * 600, length=False) + part(b"ok2") + b"--b\r\n",
+    "dashes": b"----b\r\nContent-Length: 1\r\n\r\nA\r\n----b--\r\n",
+}
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ CARGO_FUZZ_VERSION="0.13.2"
 # target -> seed folder under fuzz/seeds/, and the largest input libFuzzer may generate (the
 # request target must get past the 8 KiB head limit; the JPEG targets hold a small real frame).
 declare -A SEEDS=([request]=request [jpeg_check]=jpeg_check [dht_insert]=jpeg_check
-    [dht_strip]=jpeg_check [multipart_header]=multipart_header)
+    [dht_strip]=jpeg_check [multipart_header]=multipart_header [part_reader]=part_reader)
 declare -A MAX_LEN=([request]=12288 [jpeg_check]=16384 [dht_insert]=16384 [dht_strip]=16384
-    [multipart_header]=64)
-ALL_TARGETS=(request jpeg_check dht_insert dht_strip multipart_header)
+    [multipart_header]=64 [part_reader]=8192)
+ALL_TARGETS=(request jpeg_check dht_insert dht_strip multipart_header part_reader)
 
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 for t in "${TARGETS[@]}"; do

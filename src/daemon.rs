@@ -1,11 +1,14 @@
 //! Start-up and supervision: cameras and their capture threads, listeners, serving threads, and the
-//! main thread's supervision loop (the systemd watchdog, STATUS= and the per-second stats events).
+//! main thread's supervision loop (the systemd watchdog, STATUS= and the per-second stats events),
+//! and live reload (SIGHUP): the new settings, credentials and camera list put in force without a
+//! restart.
 
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admit::auth::Auth;
 use crate::capture::{self, Camera, FrameSource};
@@ -15,7 +18,7 @@ use crate::net;
 use crate::obs::events::{Event, EventBus};
 use crate::obs::health::Health;
 use crate::obs::render;
-use crate::serve::Server;
+use crate::serve::{Live, Server};
 use crate::shutdown::Shutdown;
 use crate::systemd;
 
@@ -68,13 +71,88 @@ pub fn make_source(cam: &CameraSettings) -> Result<Box<dyn FrameSource>, String>
             format.clone(),
             cam.v4l2,
         ))),
+        SourceSpec::Http(url) => Ok(Box::new(capture::relay::RelaySource::new(url.clone()))),
     }
+}
+
+/// A camera as the daemon runs it: the settings it was made from, and its capture thread once
+/// started.
+struct Capture {
+    settings: CameraSettings,
+    camera: Arc<Camera>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// The camera, not capturing yet (see `start`).
+    fn new(
+        id: usize,
+        settings: &CameraSettings,
+        health: &Health,
+        shutdown: &Arc<Shutdown>,
+        events: &Arc<EventBus>,
+    ) -> Capture {
+        let hb = health.register(format!("capture:{}", settings.name));
+        let camera = Arc::new(Camera::new(
+            id,
+            settings.name.clone(),
+            settings.source.clone(),
+            settings.quality,
+            hb,
+            Arc::clone(shutdown),
+            Arc::clone(events),
+        ));
+        Capture {
+            settings: settings.clone(),
+            camera,
+            thread: None,
+        }
+    }
+
+    /// Starts the capture thread.
+    fn start(&mut self) -> Result<(), String> {
+        let source = make_source(&self.settings)?;
+        let cam = Arc::clone(&self.camera);
+        let thread = std::thread::Builder::new()
+            .name(format!("capture-{}", cam.name))
+            .spawn(move || capture::run_capture(cam, source))
+            .map_err(|e| format!("cannot start a capture thread: {e}"))?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+}
+
+/// How long a reload waits for a removed camera's capture thread to close its device before the
+/// cameras that replace it start (a source returns within about a second of being told to).
+const RETIRE_WAIT: Duration = Duration::from_secs(3);
+
+/// Settings a running daemon cannot change (sockets, threads, fixed-capacity tables): a reload
+/// keeps the running value and says which need a restart.
+fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($field:ident, $name:literal) => {
+            if new.$field != old.$field {
+                new.$field = old.$field.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!(listen, "listen");
+    keep!(io_backend, "io_backend");
+    keep!(threads, "threads");
+    keep!(max_sessions, "limits.max_sessions");
+    keep!(max_event_subscribers, "limits.max_event_subscribers");
+    kept
 }
 
 pub struct Running {
     pub server: Arc<Server>,
     serving_done: mpsc::Receiver<std::io::Result<()>>,
     serving: usize,
+    captures: Vec<Capture>,
+    /// The id the next camera a reload adds gets (ids are never reused).
+    next_camera_id: usize,
 }
 
 /// Binds, starts every thread, and returns once the daemon is serving.
@@ -112,21 +190,13 @@ pub fn start(
     }
     let health = Arc::new(Health::new());
     let events = Arc::new(EventBus::new(settings.max_event_subscribers));
-    let mut cameras = Vec::new();
-    let mut sources = Vec::new();
-    for (i, c) in settings.cameras.iter().enumerate() {
-        sources.push(make_source(c)?);
-        let hb = health.register(format!("capture:{}", c.name));
-        cameras.push(Arc::new(Camera::new(
-            i,
-            c.name.clone(),
-            c.source.clone(),
-            c.quality,
-            hb,
-            Arc::clone(&shutdown),
-            Arc::clone(&events),
-        )));
-    }
+    let mut captures: Vec<Capture> = settings
+        .cameras
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Capture::new(i, c, &health, &shutdown, &events))
+        .collect();
+    let cameras = captures.iter().map(|c| Arc::clone(&c.camera)).collect();
     let threads = match settings.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -140,12 +210,8 @@ pub fn start(
         events,
         Arc::clone(&shutdown),
     ));
-    for (cam, source) in server.cameras.iter().zip(sources) {
-        let cam = Arc::clone(cam);
-        std::thread::Builder::new()
-            .name(format!("capture-{}", cam.name))
-            .spawn(move || capture::run_capture(cam, source))
-            .map_err(|e| format!("cannot start a capture thread: {e}"))?;
+    for c in &mut captures {
+        c.start()?;
     }
     let (done_tx, serving_done) = mpsc::channel();
     let (started_tx, started_rx) = mpsc::channel();
@@ -195,11 +261,13 @@ pub fn start(
         .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
         .collect();
     info!(listen = ?addrs, io_backend = backend.as_str(), threads,
-          cameras = server.cameras.len(), "beltcam serving");
+          cameras = captures.len(), "beltcam serving");
     Ok(Running {
         server,
         serving_done,
         serving: threads,
+        next_camera_id: captures.len(),
+        captures,
     })
 }
 
@@ -208,10 +276,10 @@ impl Running {
     /// shorter): feed the systemd watchdog if no thread is wedged; once a second: STATUS= and a
     /// `stats` event per camera.
     ///
-    /// On SIGHUP it calls `reload`, which re-reads and checks the configuration and says whether
-    /// it would apply (see `main`).
-    pub fn supervise(&self, reload: &dyn Fn()) {
-        let server = &self.server;
+    /// On SIGHUP it calls `reload`, which re-reads and checks the configuration (see `main`), and
+    /// applies what it returns.
+    pub fn supervise(&mut self, reload: &dyn Fn() -> Option<(Settings, Auth)>) {
+        let server = Arc::clone(&self.server);
         let watchdog = systemd::watchdog_interval();
         let tick = watchdog.map_or(Duration::from_secs(1), |w| {
             (w / 2).min(Duration::from_secs(1))
@@ -241,11 +309,110 @@ impl Running {
                 break;
             }
             if server.shutdown.take_reload() {
-                reload();
+                systemd::reloading();
+                if let Some((settings, auth)) = reload() {
+                    self.apply(settings, auth);
+                }
+                systemd::ready();
             }
         }
         systemd::stopping();
         server.sessions.close_all();
+    }
+
+    /// Puts a reloaded configuration in force. Cameras whose settings did not change keep running
+    /// and keep their viewers; removed and changed ones stop (their viewers get a clean end) and
+    /// have closed their devices before the added and changed ones start; limits, timeouts,
+    /// credentials and the log level apply to new connections and requests. Settings that need a
+    /// restart keep their running value and are named in the log.
+    pub fn apply(&mut self, mut new: Settings, auth: Auth) {
+        let server = Arc::clone(&self.server);
+        let old = server.live();
+        let restart = keep_restart_only(&old.settings, &mut new);
+        if new.cameras.is_empty() {
+            new.cameras.push(default_camera());
+        }
+        if new.log_level != old.settings.log_level {
+            if let Err(e) = crate::logging::set_filter(&new.log_level) {
+                error!(
+                    "reload: {e}; the log level stays {:?}",
+                    old.settings.log_level
+                );
+                new.log_level = old.settings.log_level.clone();
+            }
+        }
+        let (mut keep, retire): (Vec<Capture>, Vec<Capture>) = self
+            .captures
+            .drain(..)
+            .partition(|c| new.cameras.contains(&c.settings));
+        let mut captures = Vec::with_capacity(new.cameras.len());
+        let mut added = Vec::new();
+        for c in &new.cameras {
+            match keep.iter().position(|k| k.settings == *c) {
+                Some(i) => captures.push(keep.swap_remove(i)),
+                None => {
+                    let id = self.next_camera_id;
+                    self.next_camera_id += 1;
+                    added.push(c.name.clone());
+                    captures.push(Capture::new(
+                        id,
+                        c,
+                        &server.health,
+                        &server.shutdown,
+                        &server.events,
+                    ));
+                }
+            }
+        }
+        let cameras = captures.iter().map(|c| Arc::clone(&c.camera)).collect();
+        // New requests see the new list from here; then the removed cameras stop.
+        drop(old);
+        server.replace_live(Live {
+            settings: new,
+            auth,
+            cameras,
+        });
+        let removed: Vec<String> = retire.iter().map(|c| c.settings.name.clone()).collect();
+        for c in &retire {
+            c.camera.retire();
+            server.health.unregister(&c.camera.heartbeat);
+            server.events.emit(
+                Some(c.camera.id),
+                Event::CameraOffline {
+                    camera: c.camera.name.clone(),
+                    reason: "removed by a reload".into(),
+                },
+            );
+        }
+        let deadline = Instant::now() + RETIRE_WAIT;
+        for c in retire {
+            let Some(t) = c.thread else { continue };
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!(camera = %c.settings.name, "reload: the removed camera's capture thread has not stopped yet");
+            }
+        }
+        for c in &mut captures {
+            if c.thread.is_none() {
+                if let Err(e) = c.start() {
+                    error!(camera = %c.settings.name, "reload: {e}");
+                }
+            }
+        }
+        let kept: Vec<&str> = captures
+            .iter()
+            .filter(|c| !added.contains(&c.settings.name))
+            .map(|c| c.settings.name.as_str())
+            .collect();
+        info!(?kept, ?added, ?removed, "reload applied");
+        if !restart.is_empty() {
+            warn!(settings = ?restart, "reload: these settings changed but need a restart; their running values stay");
+        }
+        self.captures = captures;
     }
 
     fn publish_stats(&self) {

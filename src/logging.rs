@@ -3,11 +3,13 @@
 //! journal otherwise stores every line of a service's stderr at priority info).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
 
 /// The syslog priority of a tracing level, as sd-daemon(3) prefixes read it.
 pub fn priority(level: &Level) -> u8 {
@@ -57,24 +59,51 @@ where
     }
 }
 
+/// Changes the running filter (a reload's `log.level`); set by `init`.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// Parses a level or filter directive, with the config's one-line error.
+fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(filter)
+        .map_err(|e| format!("config error: log.level: {filter:?} is not a level or filter ({e})"))
+}
+
 /// Installs the global subscriber. `filter` is a level or tracing filter directive.
 pub fn init(filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
-        format!("config error: log.level: {filter:?} is not a level or filter ({e})")
-    })?;
+    let filter = parse_filter(filter)?;
     let journal = stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    macro_rules! install {
+        ($builder:expr) => {{
+            let b = $builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            let _ = SET_FILTER.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            b.init();
+        }};
+    }
     if journal {
         // The journal stamps time itself.
         let format = tracing_subscriber::fmt::format().without_time();
-        builder.event_format(JournalPrefix(format)).init();
+        install!(builder.event_format(JournalPrefix(format)));
     } else {
-        builder.init();
+        install!(builder);
     }
     Ok(())
+}
+
+/// Replaces the log filter of the running process (a reload that changed `log.level`).
+pub fn set_filter(filter: &str) -> Result<(), String> {
+    let f = parse_filter(filter)?;
+    match SET_FILTER.get() {
+        Some(set) => set(f),
+        None => Err("logging is not initialised".into()),
+    }
 }
 
 #[cfg(test)]

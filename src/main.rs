@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use beltcam::admit::auth::Auth;
 use beltcam::config::{CameraConfig, Config, IoBackendChoice, Settings};
@@ -229,21 +229,22 @@ fn run(cli: &Cli, settings: Settings, auth: Auth, passed: Vec<std::net::TcpListe
         error!(%e, "cannot start the signal thread");
         return ExitCode::from(1);
     }
-    let running = match daemon::start(settings, auth, Arc::clone(&shutdown), passed) {
+    let mut running = match daemon::start(settings, auth, Arc::clone(&shutdown), passed) {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(1);
         }
     };
-    // SIGHUP: the file is re-read and checked with the same one-line errors as at start-up. Applying
-    // a changed configuration to the running daemon is not implemented yet: it says so.
-    let reload = || match load_settings(cli).and_then(|(_, s)| Auth::load(&s.auth).map(|_| s)) {
-        Ok(_) => warn!(
-            "reload: the configuration is valid; applying changes needs a restart \
-             (systemctl restart beltcam): live reload is not implemented yet"
-        ),
-        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+    // SIGHUP: the file is re-read and checked with the same one-line errors as at start-up; a valid
+    // one is applied live (see `Running::apply`), an invalid one leaves the running configuration.
+    let reload = || match load_settings(cli).and_then(|(_, s)| Auth::load(&s.auth).map(|a| (s, a)))
+    {
+        Ok(new) => Some(new),
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e}");
+            None
+        }
     };
     running.supervise(&reload);
     // Graceful: sessions see shutdown at once; give serving threads a bounded moment to close

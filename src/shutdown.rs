@@ -51,9 +51,12 @@ impl Shutdown {
         }
     }
 
-    /// Asks the supervisor to re-read the configuration (noticed within one supervision tick).
+    /// Asks the supervisor to re-read the configuration (wakes it from `wait_timeout`).
     pub fn request_reload(&self) {
         self.reload.store(true, Ordering::Release);
+        if let Ok(_g) = self.lock.lock() {
+            self.cv.notify_all();
+        }
     }
 
     /// Whether a reload was requested since the last call.
@@ -89,12 +92,14 @@ impl Shutdown {
         self.tx.subscribe()
     }
 
-    /// Blocks the calling thread until triggered or `timeout`; true if triggered.
+    /// Blocks the calling thread until triggered, a reload is requested, or `timeout`; true if
+    /// triggered.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let Ok(g) = self.lock.lock() else {
             return self.is_triggered();
         };
-        match self.cv.wait_timeout_while(g, timeout, |t| !*t) {
+        let waiting = |t: &mut bool| !*t && !self.reload.load(Ordering::Acquire);
+        match self.cv.wait_timeout_while(g, timeout, waiting) {
             Ok((g, _)) => *g,
             Err(_) => self.is_triggered(),
         }

@@ -47,6 +47,15 @@ pub fn ready() {
     notify(&[NotifyState::Ready]);
 }
 
+/// A reload began (`ready` follows once it is applied or refused). systemd 253 and later require
+/// the monotonic time with it.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);
 }

@@ -22,7 +22,7 @@ struct Target {
 
 /// Every fuzz target; `every_target_is_replayed` keeps this list complete. The DHT targets take
 /// JPEGs, so they share the JPEG seeds (scripts/fuzz.sh hands them the same folder).
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     Target {
         name: "request",
         check: fuzz_checks::request,
@@ -47,6 +47,11 @@ const TARGETS: [Target; 5] = [
         name: "multipart_header",
         check: fuzz_checks::multipart_header,
         seeds: "multipart_header",
+    },
+    Target {
+        name: "part_reader",
+        check: fuzz_checks::part_reader,
+        seeds: "part_reader",
     },
 ];
 
@@ -123,6 +128,11 @@ fn dht_strip_corpus() {
 #[test]
 fn multipart_header_corpus() {
     replay("multipart_header");
+}
+
+#[test]
+fn part_reader_corpus() {
+    replay("part_reader");
 }
 
 /// A target added under `fuzz/fuzz_targets/` without a replay here would guard nothing in CI.

@@ -66,7 +66,7 @@ fn server(backend: Backend) -> Arc<Server> {
 
 /// Publishes a frame of `len` bytes (not a JPEG: the server never looks inside).
 fn publish(server: &Server, len: usize) {
-    let cam = &server.cameras[0];
+    let cam = &server.live().cameras[0];
     let mut w = cam.claim().expect("a free slot");
     w.jpeg_buf()[..len].fill(0xAB);
     cam.publish(w, len, beltcam::capture::now_us(), 320, 240);
@@ -279,7 +279,7 @@ fn stalled_stream_ends_at_the_send_deadline() {
                 "{b:?}: ended after {waited:?}, send deadline {SEND:?}"
             );
             assert_eq!(
-                s.cameras[0].pool.stats().leased,
+                s.live().cameras[0].pool.stats().leased,
                 0,
                 "{b:?}: a lease outlived it"
             );

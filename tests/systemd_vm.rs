@@ -104,6 +104,7 @@ fn beltcam_under_systemd_in_a_vm() {
     restart_under_load(&vm, port, &mut log);
     watchdog(&vm, &mut log);
     kill_restarts(&vm, &mut log);
+    reload_applies_camera_list(&vm, port, &mut log);
     security(&vm, &mut log);
     let (_, failed) = vm.ctl("systemctl --failed --no-pager --plain --legend=no");
     log.check(failed.trim().is_empty(), || {
@@ -639,14 +640,9 @@ fn security(vm: &SysVm, log: &mut Log) {
     });
 }
 
-/// `systemctl reload beltcam` applies a changed camera list without a new process.
-///
-/// NOT RUN YET: enable it (call it from the test, after `kill_restarts`) when reload lands: the
-/// unit's `ExecReload=/bin/kill -HUP $MAINPID` (bookworm's systemd 252 has no Type=notify-reload)
-/// and the daemon applying the re-read camera list (issue 11). Today beltcam.service has no
-/// ExecReload= (`systemctl reload` fails: "Job type reload is not applicable"), and SIGHUP only
-/// re-reads and checks the file, then logs that applying it needs a restart.
-#[allow(dead_code)]
+/// `systemctl reload beltcam` (the unit's `ExecReload=/bin/kill -HUP $MAINPID`; bookworm's systemd 252
+/// has no Type=notify-reload) applies a changed camera list without a new process, and a broken file
+/// is refused with the running configuration kept and the unit still active.
 fn reload_applies_camera_list(vm: &SysVm, port: u16, log: &mut Log) {
     let before = main_pid(vm);
     let (rc, out) = vm.ctl(
@@ -676,5 +672,37 @@ fn reload_applies_camera_list(vm: &SysVm, port: u16, log: &mut Log) {
             "/cam/second/snapshot after reload: {:?}",
             snap.as_ref().map(|r| r.0)
         )
+    });
+    // A broken file: `systemctl reload` itself succeeds (the signal was delivered), the journal
+    // has the one-line refusal, the unit stays active on the same process and configuration.
+    let (rc, out) = vm.ctl(
+        "set -e; f=/etc/beltcam/beltcam.toml; cp $f /root/good.toml\n\
+         printf '\\n[limits]\\nmax_clients_per_ip = many\\n' >> $f\n\
+         systemctl reload beltcam\n\
+         for i in $(seq 50); do journalctl -u beltcam -b --no-pager | grep -q 'reload refused' && break; sleep 0.1; done\n\
+         journalctl -u beltcam -b --no-pager | grep 'reload refused' | tail -n 1\n\
+         cp /root/good.toml $f\n\
+         systemctl is-active beltcam",
+    );
+    log.check(
+        rc == 0 && out.contains("reload refused") && out.trim_end().ends_with("active"),
+        || format!("a broken file on reload: {out}"),
+    );
+    log.note(format!(
+        "reload of a broken file: {}",
+        out.lines()
+            .find(|l| l.contains("reload refused"))
+            .unwrap_or("?")
+    ));
+    log.check(main_pid(vm) == before, || {
+        "a refused reload replaced the main process".into()
+    });
+    let still = get_json(port, "/stats").is_some_and(|s| {
+        s["cameras"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "second"))
+    });
+    log.check(still, || {
+        "after a refused reload the running camera list changed".into()
     });
 }

@@ -9,6 +9,7 @@
 use beltcam::capture::dht::{self, CopyError, DHT_SEGMENT_LEN, STANDARD_DHT};
 use beltcam::capture::jpeg::{self, JpegError, MIN_JPEG_BYTES};
 use beltcam::http::multipart::{render_part_header, Timestamp};
+use beltcam::http::part_reader::{Event, PartReader};
 use beltcam::http::request::{self, Method, ParseError, Request};
 use beltcam::http::routes::{self, Route, RouteError};
 use beltcam::limits::{MAX_REQUEST_HEAD, PART_HEADER_MAX};
@@ -329,4 +330,77 @@ fn word(data: &[u8], i: usize) -> u64 {
     let mut w = [0u8; 8];
     w[..n].copy_from_slice(&from[..n]);
     u64::from_le_bytes(w)
+}
+
+/// `part_reader` target: an upstream MJPEG stream as `PartReader` reads it from a relayed camera.
+/// Byte 0 picks the read size, byte 1 the part limit; the rest is what the upstream sent.
+///
+/// - Any bytes, any read size: no panic, every part within the limit, the reader never holds more
+///   than its one buffer and always has room for more (memory stays flat on endless garbage).
+/// - Round trip: the same bytes cut into parts and framed as beltcam and ustreamer frame them (with
+///   `Content-Length`) come back as exactly those parts, whatever the body holds (boundaries
+///   included) and whatever the read size.
+pub fn part_reader(data: &[u8]) {
+    let (Some(&a), Some(&b)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let chunk = 1 + a as usize % 97;
+    let max = 1 + b as usize * 8;
+    let body = &data[2..];
+    for c in [chunk, usize::MAX] {
+        for p in read_parts(body, c, max) {
+            assert!(p.len() <= max, "part of {} bytes, limit {max}", p.len());
+        }
+    }
+    // Parts: the body split at 0xFF bytes, each no longer than the limit.
+    let parts: Vec<&[u8]> = body
+        .split(|&x| x == 0xFF)
+        .filter(|p| p.len() <= max)
+        .collect();
+    let mut framed = Vec::new();
+    for p in &parts {
+        framed.extend_from_slice(
+            format!(
+                "--b\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                p.len()
+            )
+            .as_bytes(),
+        );
+        framed.extend_from_slice(p);
+        framed.extend_from_slice(b"\r\n");
+    }
+    framed.extend_from_slice(b"--b\r\n");
+    for c in [chunk, usize::MAX] {
+        let got = read_parts(&framed, c, max);
+        assert_eq!(got.len(), parts.len(), "read size {c}");
+        for (g, p) in got.iter().zip(&parts) {
+            assert_eq!(g.as_slice(), *p, "read size {c}");
+        }
+    }
+}
+
+/// The parts a reader for boundary `b` finds in `input` fed `chunk` bytes at a time.
+fn read_parts(input: &[u8], chunk: usize, max: usize) -> Vec<Vec<u8>> {
+    let mut r = PartReader::new("b", max);
+    let mut parts = Vec::new();
+    let mut fed = 0;
+    let mut ended = false;
+    loop {
+        while let Some(e) = r.next_event() {
+            match e {
+                Event::Part(p) => parts.push(p.to_vec()),
+                Event::End => ended = true,
+                Event::Oversize(_) | Event::Garbage(_) => {}
+            }
+        }
+        if fed == input.len() || ended {
+            return parts;
+        }
+        let spare = r.spare();
+        assert!(!spare.is_empty(), "no room after {fed} bytes");
+        let n = chunk.min(spare.len()).min(input.len() - fed);
+        spare[..n].copy_from_slice(&input[fed..fed + n]);
+        r.filled(n);
+        fed += n;
+    }
 }

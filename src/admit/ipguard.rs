@@ -6,7 +6,7 @@
 //! weighted by how much of it still overlaps the window): O(1) memory per IP and no timestamp lists.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,8 +63,9 @@ struct GuardCounters {
 pub struct IpGuard {
     table: Mutex<heapless::FnvIndexMap<IpAddr, IpEntry, IP_TABLE_CAPACITY>>,
     epoch: Instant,
-    max_sessions: u32,
-    connects_per_minute: u64,
+    /// Limits (a reload changes them; see `set_limits`).
+    max_sessions: AtomicU32,
+    connects_per_minute: AtomicU64,
     counters: GuardCounters,
 }
 
@@ -73,10 +74,19 @@ impl IpGuard {
         IpGuard {
             table: Mutex::new(heapless::FnvIndexMap::new()),
             epoch: Instant::now(),
-            max_sessions: max_sessions as u32,
-            connects_per_minute: connects_per_minute as u64,
+            max_sessions: AtomicU32::new(max_sessions as u32),
+            connects_per_minute: AtomicU64::new(connects_per_minute as u64),
             counters: GuardCounters::default(),
         }
+    }
+
+    /// New limits from a reloaded configuration; they apply to the next connection and stream
+    /// (places already held are kept).
+    pub fn set_limits(&self, max_sessions: usize, connects_per_minute: u32) {
+        self.max_sessions
+            .store(max_sessions as u32, Ordering::Relaxed);
+        self.connects_per_minute
+            .store(connects_per_minute as u64, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -120,7 +130,7 @@ impl IpGuard {
     }
 
     fn on_connect_at(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
-        let limit = self.connects_per_minute;
+        let limit = self.connects_per_minute.load(Ordering::Relaxed);
         let verdict = self.with_entry(ip, now_ms, |e| {
             if e.estimate(now_ms) >= limit {
                 false
@@ -141,7 +151,7 @@ impl IpGuard {
 
     /// Admits one more session from `ip`; the guard gives the place back when dropped.
     pub fn open_session(self: &Arc<Self>, ip: IpAddr) -> Result<IpSession, Refusal> {
-        self.open(ip, Place::Stream, self.max_sessions)
+        self.open(ip, Place::Stream, self.max_sessions.load(Ordering::Relaxed))
     }
 
     /// Admits one more `/events` subscriber from `ip` (at most `MAX_EVENT_SUBSCRIBERS_PER_IP`),

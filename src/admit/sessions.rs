@@ -283,13 +283,13 @@ impl SessionTable {
         v
     }
 
-    /// Bytes and frames sent by all current sessions (for per-camera client counts).
-    pub fn clients_per_camera(&self, cameras: usize) -> Vec<usize> {
-        let mut counts = vec![0; cameras];
+    /// The number of sessions of each camera in `ids` (camera ids, in the order given).
+    pub fn clients_per_camera(&self, ids: &[usize]) -> Vec<usize> {
+        let mut counts = vec![0; ids.len()];
         if let Ok(entries) = self.entries.lock() {
             for e in entries.iter() {
-                if let Some(c) = counts.get_mut(e.camera) {
-                    *c += 1;
+                if let Some(i) = ids.iter().position(|&id| id == e.camera) {
+                    counts[i] += 1;
                 }
             }
         }
@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(t.close_older_than(Duration::from_secs(3600)), 0);
         assert_eq!(t.close_older_than(Duration::ZERO), 2);
         assert!(b.counters.close_requested());
-        assert_eq!(t.clients_per_camera(2), vec![1, 1]);
+        assert_eq!(t.clients_per_camera(&[0, 1]), vec![1, 1]);
         let ids: Vec<u64> = t.list().iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![a.id, b.id]);
     }

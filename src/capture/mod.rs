@@ -12,12 +12,13 @@ pub(crate) mod dir;
 pub mod encode;
 pub(crate) mod font;
 pub mod jpeg;
+pub(crate) mod relay;
 pub mod synthetic;
 pub(crate) mod v4l2;
 pub(crate) mod workers;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -80,8 +81,9 @@ const OFFLINE: u8 = 2;
 /// One camera: its pool, counters and state. This is the narrow sink a source publishes through
 /// (claim, publish, count, beat, stopping); it holds the event bus and shutdown, never server state.
 pub struct Camera {
-    /// Position in the camera list (the `/stream` default is 0).
-    pub index: usize,
+    /// Stable identity for the process's life (sessions and event rooms refer to it). The cameras
+    /// configured at start get 0, 1, ...; a camera added by a reload gets a number never used before.
+    pub id: usize,
     pub name: String,
     pub spec: SourceSpec,
     pub quality: u8,
@@ -94,12 +96,17 @@ pub struct Camera {
     frames_tx: watch::Sender<u64>,
     placeholder: Vec<u8>,
     shutdown: Arc<Shutdown>,
+    /// Set when a reload removed (or replaced) this camera: its capture thread ends and its viewers
+    /// get a clean end.
+    retired: AtomicBool,
+    /// A relayed camera's upstream counters (see `relay`).
+    upstream: OnceLock<Arc<relay::UpstreamCounters>>,
     events: Arc<EventBus>,
 }
 
 impl Camera {
     pub fn new(
-        index: usize,
+        id: usize,
         name: String,
         spec: SourceSpec,
         quality: u8,
@@ -120,7 +127,7 @@ impl Camera {
             Vec::new()
         });
         Camera {
-            index,
+            id,
             name,
             spec,
             quality,
@@ -132,8 +139,27 @@ impl Camera {
             frames_tx: watch::channel(0).0,
             placeholder,
             shutdown,
+            retired: AtomicBool::new(false),
+            upstream: OnceLock::new(),
             events,
         }
+    }
+
+    /// Stops this camera for good (a reload removed it): the capture thread returns and closes the
+    /// device, and every viewer is woken to end its session.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.frames_tx.send_modify(|_| {});
+    }
+
+    /// Shows a relay's upstream counters in this camera's views (the first call wins).
+    pub fn attach_upstream(&self, counters: Arc<relay::UpstreamCounters>) {
+        let _ = self.upstream.set(counters);
+    }
+
+    /// Whether a reload removed this camera.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     pub fn state(&self) -> CameraState {
@@ -165,6 +191,7 @@ impl Camera {
         let last_frame_age = (counts.last_frame_us != 0)
             .then(|| Duration::from_micros(now_us().saturating_sub(counts.last_frame_us)));
         CameraView {
+            id: self.id,
             name: self.name.clone(),
             source: self.spec.to_string(),
             state: self.state(),
@@ -176,6 +203,7 @@ impl Camera {
             pool: self.pool.stats(),
             clients,
             last_frame_age,
+            upstream: self.upstream.get().map(|u| u.stats()),
         }
     }
 
@@ -205,8 +233,9 @@ impl Camera {
         self.frames_tx.subscribe()
     }
 
+    /// The process is stopping or this camera was retired: sources and workers return.
     pub fn stopping(&self) -> bool {
-        self.shutdown.is_triggered()
+        self.shutdown.is_triggered() || self.is_retired()
     }
 
     /// Claims a free slot, counting a drop when there is none.
@@ -266,7 +295,7 @@ impl Camera {
         info!(camera = %self.name, format = %info.format, width = info.width, height = info.height,
               fps = info.fps, passthrough = info.passthrough, "camera online");
         self.events.emit(
-            Some(self.index),
+            Some(self.id),
             Event::CameraOnline {
                 camera: self.name.clone(),
                 info: info.clone(),
@@ -293,7 +322,7 @@ impl Camera {
             if was != OFFLINE || d.1 != reason {
                 warn!(camera = %self.name, reason, "camera offline; serving placeholder and retrying");
                 self.events.emit(
-                    Some(self.index),
+                    Some(self.id),
                     Event::CameraOffline {
                         camera: self.name.clone(),
                         reason: reason.to_owned(),

@@ -62,6 +62,9 @@ pub fn check_frame_fits(width: u32, height: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// A relayed camera's read buffer (see `http::part_reader`): a slot, a part head, a margin.
+pub const RELAY_BUFFER_BYTES: u64 = (SLOT_BYTES + 4096 + 256) as u64;
+
 /// What one camera costs beyond its pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CameraLoad {
@@ -69,6 +72,8 @@ pub enum CameraLoad {
     Synthetic { width: u32, height: u32 },
     /// JPEG files read straight into slots: nothing beyond the pool.
     Dir,
+    /// An upstream MJPEG stream: one read buffer of a part head and a slot.
+    Relay,
     /// A V4L2 camera. `raw` when beltcam may have to encode (a raw format requested, or no format
     /// requested, since a camera without MJPEG falls back to raw): then each of `workers` holds
     /// an input buffer of `width * height * 2` and an encoder with its scratch planes.
@@ -113,6 +118,7 @@ pub fn estimate(cameras: &[(String, CameraLoad)], session_table_bytes: u64) -> B
                 w * h * 3 / 2 + compressor_bytes(w)
             }
             CameraLoad::Dir => 0,
+            CameraLoad::Relay => RELAY_BUFFER_BYTES,
             CameraLoad::V4l2 {
                 width,
                 height,

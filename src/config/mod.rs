@@ -220,7 +220,7 @@ pub struct Settings {
     pub memory_budget_mb: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CameraSettings {
     pub name: String,
     pub source: SourceSpec,
@@ -456,6 +456,7 @@ pub fn estimate_budget(cameras: &[CameraSettings]) -> Budget {
             height: *height,
         },
         SourceSpec::Dir { .. } => CameraLoad::Dir,
+        SourceSpec::Http(_) => CameraLoad::Relay,
         SourceSpec::V4l2 { mode, format, .. } => {
             // No size asked: negotiation aims at DEFAULT_SIZE. No format asked: MJPEG is
             // preferred, but a camera without it is encoded from raw, so count that.

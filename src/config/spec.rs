@@ -1,7 +1,8 @@
 //! Source specs: the one-line camera descriptions used by `--source` and the config's `source` key.
 //!
-//! `synthetic[:WxH@FPS]`, `dir:PATH[@FPS]`, `v4l2:DEVICE[:WxH@FPS[:FORMAT]]`; a bare `/dev/...`
-//! path means `v4l2:` with that device.
+//! `synthetic[:WxH@FPS]`, `dir:PATH[@FPS]`, `v4l2:DEVICE[:WxH@FPS[:FORMAT]]`,
+//! `http://[USER:PASS@]HOST[:PORT]/PATH` (an upstream MJPEG stream); a bare `/dev/...` path means
+//! `v4l2:` with that device.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,105 @@ pub enum SourceSpec {
         /// Requested fourcc (e.g. `MJPG`, `YUYV`); `None` prefers MJPEG.
         format: Option<String>,
     },
+    /// An upstream MJPEG stream (ustreamer, mjpg-streamer, another beltcam, an IP camera), relayed.
+    Http(HttpUrl),
+}
+
+/// An `http://` upstream: where to connect, what to ask for, and the Basic credentials if any.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// A host name, an IPv4 address, or an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+    /// The request target: path and query (`/?action=stream` for mjpg-streamer).
+    pub path: String,
+    /// `user:password` for HTTP Basic auth to the upstream.
+    pub credentials: Option<String>,
+}
+
+/// The longest upstream URL accepted.
+pub const MAX_URL: usize = 1024;
+
+impl HttpUrl {
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        if url.len() > MAX_URL {
+            return Err(format!("an upstream URL is at most {MAX_URL} bytes"));
+        }
+        if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err("an upstream URL has no spaces or control characters".into());
+        }
+        let rest = url.strip_prefix("http://").ok_or(
+            "upstream URLs start with http:// (https is not supported: relay over the LAN)",
+        )?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_owned()),
+        };
+        let (credentials, hostport) = match authority.rsplit_once('@') {
+            Some((c, h)) if c.contains(':') => (Some(c.to_owned()), h),
+            Some(_) => return Err("upstream credentials are written user:password@host".into()),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("an IPv6 host is written [addr]")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(format!("unexpected {after:?} after [{h}]")),
+            };
+            (h, port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("an upstream URL needs a host".into());
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("port {p:?} is not 1..=65535"))?,
+        };
+        Ok(HttpUrl {
+            host: host.to_owned(),
+            port,
+            path,
+            credentials,
+        })
+    }
+
+    /// `host:port` as the `Host` header and `connect` want it (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The URL as `/stats` and logs show it: the password is never printed.
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://")?;
+        if let Some(c) = &self.credentials {
+            let user = c.split_once(':').map_or(c.as_str(), |(u, _)| u);
+            write!(f, "{user}:***@")?;
+        }
+        write!(f, "{}{}", self.authority(), self.path)
+    }
+}
+
+impl std::fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HttpUrl({self})")
+    }
 }
 
 pub const DEFAULT_SYNTHETIC: (u32, u32, f64) = (1280, 720, 30.0);
@@ -58,9 +158,11 @@ impl SourceSpec {
                 })
             }
             "v4l2" => parse_v4l2(rest),
+            "http" => Ok(SourceSpec::Http(HttpUrl::parse(spec)?)),
+            "https" => Err("https upstreams are not supported: relay over http on the LAN".into()),
             _ if spec.starts_with("/dev/") => parse_v4l2(spec),
             _ => Err(format!(
-                "unknown source kind {kind:?} (expected synthetic, dir or v4l2)"
+                "unknown source kind {kind:?} (expected synthetic, dir, v4l2 or http)"
             )),
         }
     }
@@ -70,6 +172,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Synthetic { fps, .. } | SourceSpec::Dir { fps, .. } => Some(*fps),
             SourceSpec::V4l2 { mode, .. } => mode.map(|m| m.2),
+            SourceSpec::Http(_) => None,
         }
     }
 }
@@ -95,6 +198,7 @@ impl std::fmt::Display for SourceSpec {
                 }
                 Ok(())
             }
+            SourceSpec::Http(url) => write!(f, "{url}"),
         }
     }
 }
@@ -161,6 +265,50 @@ fn parse_fps(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_upstream_urls() {
+        let u = |s: &str| HttpUrl::parse(s);
+        let ustreamer = u("http://10.0.0.5:8080/stream").unwrap();
+        assert_eq!(
+            (
+                ustreamer.host.as_str(),
+                ustreamer.port,
+                ustreamer.path.as_str()
+            ),
+            ("10.0.0.5", 8080, "/stream")
+        );
+        let mjpg = u("http://cam.local/?action=stream").unwrap();
+        assert_eq!((mjpg.port, mjpg.path.as_str()), (80, "/?action=stream"));
+        assert_eq!(
+            u("http://cam.local?action=stream").unwrap().path,
+            "/?action=stream"
+        );
+        assert_eq!(u("http://h").unwrap().path, "/");
+        let v6 = u("http://op:pw@[::1]:5001/cam/front/stream").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 5001));
+        assert_eq!(v6.credentials.as_deref(), Some("op:pw"));
+        assert_eq!(v6.authority(), "[::1]:5001");
+        // The password never shows.
+        assert_eq!(v6.to_string(), "http://op:***@[::1]:5001/cam/front/stream");
+        assert!(!format!("{:?}", SourceSpec::Http(v6)).contains("pw"));
+        for bad in [
+            "https://h/stream",
+            "http://",
+            "http://h:0/",
+            "http://h:99999/",
+            "http://user@h/",
+            "http://h/a b",
+            "http://[::1/",
+        ] {
+            assert!(SourceSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert!(u(&format!("http://h/{}", "a".repeat(MAX_URL))).is_err());
+        assert!(matches!(
+            SourceSpec::parse("http://127.0.0.1:8080/stream"),
+            Ok(SourceSpec::Http(_))
+        ));
+    }
 
     #[test]
     fn parses_every_kind() {

@@ -73,6 +73,14 @@ impl Health {
         hb
     }
 
+    /// Forgets a heartbeat whose thread ended for good (a camera a reload removed), so its silence
+    /// is not taken for a wedged thread.
+    pub fn unregister(&self, hb: &Arc<Heartbeat>) {
+        if let Ok(mut v) = self.beats.lock() {
+            v.retain(|h| !Arc::ptr_eq(h, hb));
+        }
+    }
+
     /// Name and age of each heartbeat.
     pub fn threads(&self) -> Vec<(String, Duration)> {
         self.beats

@@ -61,6 +61,44 @@ pub fn render(snap: &Snapshot) -> String {
             .collect()
     };
     let o = &mut out;
+    // Relayed cameras only: one series per `http://` camera.
+    let per_relay = |f: &dyn Fn(&super::stats::UpstreamStats) -> V| -> Vec<(String, V)> {
+        snap.cameras
+            .iter()
+            .filter_map(|c| Some((format!("camera=\"{}\"", c.name), f(c.upstream.as_ref()?))))
+            .collect()
+    };
+    let relays = per_relay(&|u| V::I(u.connected.into()));
+    if !relays.is_empty() {
+        family(
+            o,
+            "beltcam_upstream_connected",
+            "gauge",
+            "1 while a relayed camera's upstream connection is up.",
+            &relays,
+        );
+        family(
+            o,
+            "beltcam_upstream_bytes_total",
+            "counter",
+            "Bytes received from a relayed camera's upstream.",
+            &per_relay(&|u| V::I(u.bytes)),
+        );
+        family(
+            o,
+            "beltcam_upstream_reconnects_total",
+            "counter",
+            "Connections to a relayed camera's upstream after the first.",
+            &per_relay(&|u| V::I(u.reconnects)),
+        );
+        family(
+            o,
+            "beltcam_upstream_garbage_bytes_total",
+            "counter",
+            "Bytes from an upstream skipped because they were not part of any part.",
+            &per_relay(&|u| V::I(u.garbage_bytes)),
+        );
+    }
     family(
         o,
         "beltcam_frames_captured_total",

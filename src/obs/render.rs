@@ -45,7 +45,7 @@ pub fn stats(snap: &Snapshot) -> Value {
         .iter()
         .map(|cam| {
             let (k, p) = (&cam.counts, &cam.pool);
-            json!({
+            let mut v = json!({
                 "name": cam.name,
                 "source": cam.source,
                 "state": cam.state.as_str(),
@@ -69,7 +69,11 @@ pub fn stats(snap: &Snapshot) -> Value {
                     "fps": k.fps,
                 },
                 "leases": p.leased,
-            })
+            });
+            if let Some(u) = &cam.upstream {
+                v["upstream"] = json!(u);
+            }
+            v
         })
         .collect();
     let (s, c, g, e) = (&snap.sessions, &snap.server, &snap.guard, &snap.events);
@@ -162,7 +166,7 @@ pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
     let clients: serde_json::Map<String, Value> = snap
         .clients
         .iter()
-        .filter(|c| c.camera == camera)
+        .filter(|c| c.camera == cam.id)
         .map(|c| {
             let stat = json!({
                 "fps": c.fps,
@@ -234,6 +238,7 @@ pub(crate) mod tests {
             leased: 3,
         };
         let front = CameraView {
+            id: 0,
             name: "front".into(),
             source: "synthetic:640x480@30".into(),
             state: CameraState::Online,
@@ -258,9 +263,11 @@ pub(crate) mod tests {
             },
             pool,
             clients: 3,
+            upstream: None,
             last_frame_age: Some(Duration::from_millis(20)),
         };
         let back = CameraView {
+            id: 1,
             name: "back".into(),
             source: "v4l2:/dev/video9".into(),
             state: CameraState::Offline,
@@ -275,6 +282,7 @@ pub(crate) mod tests {
             },
             clients: 0,
             last_frame_age: None,
+            upstream: None,
         };
         Snapshot {
             backend: "io_uring",

@@ -77,6 +77,9 @@ pub struct PoolStats {
 /// One camera as the views show it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CameraView {
+    /// The camera's stable id (what sessions refer to); not shown.
+    #[serde(skip)]
+    pub id: usize,
     pub name: String,
     /// The source spec, as configured.
     pub source: String,
@@ -94,6 +97,26 @@ pub struct CameraView {
     pub clients: usize,
     /// Age of the newest real frame when the snapshot was taken.
     pub last_frame_age: Option<Duration>,
+    /// A relayed camera's upstream connection.
+    pub upstream: Option<UpstreamStats>,
+}
+
+/// A relayed camera's upstream connection (`http://` sources).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamStats {
+    pub connected: bool,
+    /// Bytes received from the upstream (heads included).
+    pub bytes: u64,
+    /// Successful connections.
+    pub connects: u64,
+    /// Connections after the first.
+    pub reconnects: u64,
+    /// Bytes skipped because they were not part of any part.
+    pub garbage_bytes: u64,
+    /// Parts skipped because they were larger than a slot.
+    pub oversize_parts: u64,
+    /// Why the last connection failed or ended (empty when none has).
+    pub last_error: String,
 }
 
 /// Connection and request counters of the server.

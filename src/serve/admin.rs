@@ -5,19 +5,20 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::state::Live;
 use super::Server;
 use crate::http::request::Request;
 use crate::http::response::Response;
 
 /// `GET /sessions`
-pub fn list(app: &Server) -> Response {
+pub fn list(app: &Server, live: &Live) -> Response {
     let sessions: Vec<_> = app
         .sessions
         .list()
         .into_iter()
         .map(|s| {
             let mut v = serde_json::to_value(&s).unwrap_or_default();
-            v["camera"] = json!(app.cameras.get(s.camera).map(|c| c.name.as_str()));
+            v["camera"] = json!(live.by_id(s.camera).map(|c| c.name.as_str()));
             v
         })
         .collect();

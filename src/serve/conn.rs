@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::respond::{refuse, send};
 use super::{admin, deliver, page, sse, Count, Server};
-use crate::admit::auth::Denied;
+use crate::admit::auth::{Auth, Denied};
 use crate::admit::ipguard::Refusal;
 use crate::admit::pending::PendingPlace;
 use crate::http::request::{self, Method, ParseError, Request};
@@ -50,10 +50,13 @@ pub async fn handle<C: Conn>(
     let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
     let mut first = true;
     loop {
-        let limit = if first {
-            app.settings.request_timeout
-        } else {
-            app.settings.keepalive_timeout
+        let limit = {
+            let settings = &app.live().settings;
+            if first {
+                settings.request_timeout
+            } else {
+                settings.keepalive_timeout
+            }
         };
         // Between keep-alive requests the connection is idle: the first to go when the pending
         // table is full (see `admit::pending`).
@@ -93,8 +96,11 @@ pub async fn handle<C: Conn>(
         // Bodies are never used; rather than read one, answer and close.
         let close = !req.keep_alive || req.content_length > 0 || app.shutdown.is_triggered();
         let head_only = req.method == Method::Head;
-        let routed = route(&req, |n| app.camera_index(n));
-        let resp = match routed.map(|r| (r, authorize(&app, r, peer, &req))) {
+        // This request runs on the configuration in force now, to its end (a reload applies to
+        // the requests after it).
+        let live = app.live();
+        let routed = route(&req, |n| live.position(n));
+        let resp = match routed.map(|r| (r, authorize(&live.auth, r, peer, &req))) {
             Ok((_, Some(denied))) => {
                 app.count(Count::RejectedAuth);
                 Some(denied)
@@ -102,9 +108,12 @@ pub async fn handle<C: Conn>(
             Ok((Route::Stream(_), None)) if app.shutdown.is_triggered() => {
                 Some(Response::error(503, "stopping").header("Retry-After", 1))
             }
-            Ok((Route::Stream(cam), None)) => {
+            Ok((Route::Stream(pos), None)) => {
                 drop(pending); // the session table bounds it from here
-                deliver::stream(&app, conn, peer, cam, head_only).await;
+                let cam = Arc::clone(&live.cameras[pos]);
+                let send_timeout = live.settings.send_timeout;
+                drop(live);
+                deliver::stream(&app, conn, peer, cam, send_timeout, head_only).await;
                 return;
             }
             Ok((Route::Events, None)) => {
@@ -112,8 +121,9 @@ pub async fn handle<C: Conn>(
                 sse::route(&app, &mut conn, &req, peer).await;
                 return;
             }
-            Ok((Route::Snapshot(cam), None)) => {
-                if deliver::snapshot(&app, &mut conn, cam, head_only, close).await {
+            Ok((Route::Snapshot(pos), None)) => {
+                let cam = &live.cameras[pos];
+                if deliver::snapshot(&app, &live.settings, &mut conn, cam, head_only, close).await {
                     None
                 } else {
                     return;
@@ -122,7 +132,7 @@ pub async fn handle<C: Conn>(
             Ok((Route::Index, None)) => Some(Response::new(
                 200,
                 "text/html; charset=utf-8",
-                page::page(&app),
+                page::page(&live, app.backend),
             )),
             Ok((Route::Health, None)) => {
                 let (status, body) = obs::render::health(&app.snapshot());
@@ -143,7 +153,7 @@ pub async fn handle<C: Conn>(
                 "text/plain; version=0.0.4; charset=utf-8",
                 obs::metrics::render(&app.snapshot()),
             )),
-            Ok((Route::Sessions, None)) => Some(admin::list(&app)),
+            Ok((Route::Sessions, None)) => Some(admin::list(&app, &live)),
             Ok((Route::SessionClose(id), None)) => Some(admin::close(&app, id)),
             Ok((Route::SessionsCloseOlder, None)) => Some(admin::close_older(&app, &req)),
             Err(RouteError::NotFound) => {
@@ -229,10 +239,10 @@ async fn read_request<C: Conn>(
 }
 
 /// The refusal to send, if the route needs credentials the request lacks.
-fn authorize(app: &Server, route: Route, peer: SocketAddr, req: &Request) -> Option<Response> {
+fn authorize(auth: &Auth, route: Route, peer: SocketAddr, req: &Request) -> Option<Response> {
     let authz = req.authorization.as_deref();
     if route.is_admin() {
-        return match app.auth.admin(peer.ip(), authz) {
+        return match auth.admin(peer.ip(), authz) {
             Ok(()) => None,
             Err(Denied::Unauthorized) => Some(
                 Response::error(401, "admin token required")
@@ -244,7 +254,7 @@ fn authorize(app: &Server, route: Route, peer: SocketAddr, req: &Request) -> Opt
             )),
         };
     }
-    if route.is_viewer() && !app.auth.viewer_ok(authz) {
+    if route.is_viewer() && !auth.viewer_ok(authz) {
         return Some(Response::error(401, "credentials required").header(
             "WWW-Authenticate",
             "Basic realm=\"beltcam\", charset=\"UTF-8\"",

@@ -9,13 +9,15 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
 use super::respond::{refuse, send};
 use super::{Count, Server};
-use crate::capture::now_us;
+use crate::capture::{now_us, Camera};
+use crate::config::Settings;
 use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
 use crate::obs::events::Event;
@@ -29,16 +31,17 @@ use crate::shutdown::triggered;
 /// a client that is not reading loses the frame and its connection (see `pool`).
 pub async fn snapshot<C: Conn>(
     app: &Server,
+    settings: &Settings,
     conn: &mut C,
-    cam_idx: usize,
+    cam: &Camera,
     head_only: bool,
     close: bool,
 ) -> bool {
-    let cam = &app.cameras[cam_idx];
-    let max_age = app.settings.snapshot_timeout;
+    let max_age = settings.snapshot_timeout;
+    let send_timeout = settings.send_timeout;
     let deadline = Instant::now() + max_age;
     net::set_notsent_lowat(conn.raw_fd());
-    if timeout(app.settings.send_timeout, conn.drained())
+    if timeout(send_timeout, conn.drained())
         .await
         .map_or(true, |r| r.is_err())
     {
@@ -83,7 +86,7 @@ pub async fn snapshot<C: Conn>(
         Ok::<_, io::Error>(())
     };
     let done = tokio::select! {
-        r = timeout(app.settings.send_timeout, write) => matches!(r, Ok(Ok(()))),
+        r = timeout(send_timeout, write) => matches!(r, Ok(Ok(()))),
         () = revocation.revoked() => false,
     };
     if done {
@@ -111,10 +114,10 @@ pub async fn stream<C: Conn>(
     app: &Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
-    cam_idx: usize,
+    cam: Arc<Camera>,
+    send_timeout: Duration,
     head_only: bool,
 ) {
-    let cam = &app.cameras[cam_idx];
     if head_only {
         send(app, &mut conn, stream_head(true).into_bytes()).await;
         return;
@@ -131,7 +134,7 @@ pub async fn stream<C: Conn>(
             return;
         }
     };
-    let session = match app.sessions.open(peer, cam_idx, "stream") {
+    let session = match app.sessions.open(peer, cam.id, "stream") {
         Ok(s) => s,
         Err(full) => {
             let r = Response::error(503, &full.to_string()).header("Retry-After", 2);
@@ -140,7 +143,7 @@ pub async fn stream<C: Conn>(
         }
     };
     app.events.emit(
-        Some(cam_idx),
+        Some(cam.id),
         Event::SessionOpened {
             id: session.id,
             peer: peer.to_string(),
@@ -163,13 +166,19 @@ pub async fn stream<C: Conn>(
     let mut last = 0u64;
     let reason = 'session: loop {
         while cam.pool.newest_seq() <= last {
+            if cam.is_retired() {
+                break 'session "camera removed";
+            }
             tokio::select! {
                 r = frames.changed() => if r.is_err() { break 'session "camera gone" },
                 _ = triggered(&mut shutdown) => break 'session "shutdown",
                 _ = counters.closed() => break 'session "closed by admin",
             }
         }
-        let send_one = timeout(app.settings.send_timeout, async {
+        if cam.is_retired() {
+            break "camera removed";
+        }
+        let send_one = timeout(send_timeout, async {
             conn.drained().await?;
             let Some(lease) = cam.pool.lease_after(last) else {
                 return Ok::<_, io::Error>(None);
@@ -212,7 +221,7 @@ pub async fn stream<C: Conn>(
     let (frames_sent, bytes_sent, frames_skipped) = counters.totals();
     debug!(session = session.id, %peer, reason, frames_sent, "session closed");
     app.events.emit(
-        Some(cam_idx),
+        Some(cam.id),
         Event::SessionClosed {
             id: session.id,
             peer: peer.to_string(),

@@ -15,7 +15,7 @@ pub(crate) mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use state::{Count, Server};
+pub use state::{Count, Live, Server};
 
 use crate::http::response::Response;
 use crate::net::{Conn, Handler};

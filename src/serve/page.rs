@@ -2,7 +2,8 @@
 //! Every link is relative, so the page works behind a reverse proxy under a path prefix
 //! (`/webcam/`, as Mainsail and crowsnest set nginx up).
 
-use super::Server;
+use super::Live;
+use crate::net::Backend;
 
 /// Escapes text for HTML (camera names are restricted, but sources are free text).
 fn esc(s: &str) -> String {
@@ -12,9 +13,9 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn page(app: &Server) -> String {
+pub fn page(live: &Live, backend: Backend) -> String {
     let mut cams = String::new();
-    for (i, c) in app.cameras.iter().enumerate() {
+    for (i, c) in live.cameras.iter().enumerate() {
         let n = esc(&c.name);
         cams.push_str(&format!(
             "<section><h2>{n}{first}</h2><img src=\"cam/{n}/stream\" alt=\"{n} stream\">\
@@ -32,6 +33,6 @@ pub fn page(app: &Server) -> String {
          <h1>beltcam</h1>\n<p><a href=\"stream\">/stream</a> · <a href=\"snapshot\">/snapshot</a> · \
          <a href=\"health\">/health</a> · <a href=\"stats\">/stats</a> · io backend {backend}</p>\n\
          {cams}</body></html>\n",
-        backend = app.backend.as_str(),
+        backend = backend.as_str(),
     )
 }

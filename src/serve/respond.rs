@@ -21,7 +21,8 @@ pub async fn refuse<C: Conn>(server: &Server, conn: &mut C, r: Response) {
 /// Writes a small response within the send timeout; false if the connection is done for.
 pub async fn send<C: Conn>(server: &Server, conn: &mut C, bytes: Vec<u8>) -> bool {
     let n = bytes.len();
-    match timeout(server.settings.send_timeout, conn.write_all(bytes)).await {
+    let send_timeout = server.live().settings.send_timeout;
+    match timeout(send_timeout, conn.write_all(bytes)).await {
         Ok((Ok(()), _)) => {
             server.count_bytes(n);
             true

@@ -18,8 +18,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub async fn route<C: Conn>(server: &Server, conn: &mut C, req: &Request, peer: SocketAddr) {
     let camera = match req.query_param("camera") {
         None => None,
-        Some(name) => match server.camera_index(name) {
-            Some(i) => Some(i),
+        Some(name) => match server.live().cameras.iter().find(|c| c.name == name) {
+            Some(c) => Some(c.id),
             None => {
                 let r = Response::error(404, &format!("no camera {name:?}"));
                 refuse(server, conn, r).await;
@@ -59,6 +59,7 @@ pub async fn serve<C: Conn>(
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let _ = socket2::SockRef::from(&borrowed).set_send_buffer_size(16 * 1024);
     let mut shutdown = server.shutdown.subscribe();
+    let send_timeout = server.live().settings.send_timeout;
     let mut out = head(
         200,
         "text/event-stream",
@@ -70,11 +71,10 @@ pub async fn serve<C: Conn>(
     .into_bytes();
     out.extend_from_slice(b"retry: 2000\n\n");
     loop {
-        let (res, buf) =
-            match tokio::time::timeout(server.settings.send_timeout, conn.write_all(out)).await {
-                Ok(r) => r,
-                Err(_) => return,
-            };
+        let (res, buf) = match tokio::time::timeout(send_timeout, conn.write_all(out)).await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
         if res.is_err() {
             return;
         }

@@ -4,7 +4,7 @@
 //! the event bus, a heartbeat), never the whole.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::admit::auth::Auth;
 use crate::admit::ipguard::IpGuard;
@@ -59,15 +59,35 @@ pub enum Count {
     RejectedAuth,
 }
 
-pub struct Server {
+/// What a reload replaces: the settings, the credentials and the camera list. A connection takes
+/// one `Live` when it starts a request and keeps it for that request (a stream keeps it for the
+/// session), so a reload applies to new requests and never changes one half-way.
+pub struct Live {
     pub settings: Settings,
+    pub auth: Auth,
+    /// In configuration order: position 0 is what `/stream` and `/snapshot` serve.
     pub cameras: Vec<Arc<Camera>>,
+}
+
+impl Live {
+    /// The position of the camera called `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.cameras.iter().position(|c| c.name == name)
+    }
+
+    /// The camera with the stable id `id`, if it is still configured.
+    pub fn by_id(&self, id: usize) -> Option<&Arc<Camera>> {
+        self.cameras.iter().find(|c| c.id == id)
+    }
+}
+
+pub struct Server {
+    live: RwLock<Arc<Live>>,
     pub sessions: Arc<SessionTable>,
     pub health: Arc<Health>,
     pub shutdown: Arc<Shutdown>,
     pub backend: Backend,
     pub guard: Arc<IpGuard>,
-    pub auth: Auth,
     pub events: Arc<EventBus>,
     /// Latency of non-stream requests.
     pub latency: Histogram,
@@ -95,11 +115,13 @@ impl Server {
                 settings.max_clients_per_ip,
                 settings.connects_per_minute,
             )),
-            auth,
             events,
             latency: Histogram::default(),
-            settings,
-            cameras,
+            live: RwLock::new(Arc::new(Live {
+                settings,
+                auth,
+                cameras,
+            })),
             health,
             shutdown,
             backend,
@@ -112,8 +134,27 @@ impl Server {
         }
     }
 
-    pub fn camera_index(&self, name: &str) -> Option<usize> {
-        self.cameras.iter().position(|c| c.name == name)
+    /// The configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(l) => Arc::clone(&l),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts a reloaded configuration in force for new requests; returns the one it replaced.
+    /// The per-address limits change at once (see `IpGuard::set_limits`).
+    pub fn replace_live(&self, live: Live) -> Arc<Live> {
+        self.guard.set_limits(
+            live.settings.max_clients_per_ip,
+            live.settings.connects_per_minute,
+        );
+        let new = Arc::new(live);
+        let mut slot = match self.live.write() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::replace(&mut *slot, new)
     }
 
     pub fn count(&self, what: Count) {
@@ -160,11 +201,13 @@ impl Server {
 
     /// Everything `/health`, `/stats`, `/metrics` and `STATUS=` show, gathered once.
     pub fn snapshot(&self) -> Snapshot {
-        let clients = self.sessions.clients_per_camera(self.cameras.len());
+        let live = self.live();
+        let ids: Vec<usize> = live.cameras.iter().map(|c| c.id).collect();
+        let clients = self.sessions.clients_per_camera(&ids);
         Snapshot {
             backend: self.backend.as_str(),
             uptime: self.health.uptime(),
-            cameras: self
+            cameras: live
                 .cameras
                 .iter()
                 .zip(clients)

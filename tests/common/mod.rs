@@ -144,9 +144,25 @@ impl Daemon {
         Self::spawn(args, false)
     }
 
+    /// Starts beltcam with exactly `args` plus `--listen 127.0.0.1:PORT`: no lifted per-IP limits
+    /// and no `--log-level`, for tests whose configuration file sets them.
+    pub fn start_exact(args: &[&str]) -> Daemon {
+        Self::spawn_with(args, true, false)
+    }
+
     fn spawn(args: &[&str], healthy: bool) -> Daemon {
-        Self::try_start_on(free_port(), args, healthy, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("beltcam {e}"))
+        Self::spawn_with(args, healthy, true)
+    }
+
+    fn spawn_with(args: &[&str], healthy: bool, lift_limits: bool) -> Daemon {
+        Self::try_start_with(
+            free_port(),
+            args,
+            healthy,
+            lift_limits,
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("beltcam {e}"))
     }
 
     /// Starts beltcam on `port` (e.g. again after a restart) and waits up to `limit` until
@@ -157,6 +173,16 @@ impl Daemon {
         port: u16,
         args: &[&str],
         healthy: bool,
+        limit: Duration,
+    ) -> Result<Daemon, String> {
+        Self::try_start_with(port, args, healthy, true, limit)
+    }
+
+    fn try_start_with(
+        port: u16,
+        args: &[&str],
+        healthy: bool,
+        lift_limits: bool,
         limit: Duration,
     ) -> Result<Daemon, String> {
         // Unique per start: a restart on the same port must not share (and, on drop, delete) the
@@ -171,12 +197,17 @@ impl Daemon {
         let listen = format!("127.0.0.1:{port}");
         let mut defaults = vec![];
         for (flag, value) in beltcam_testkit::LOOPBACK_LIMIT_FLAGS {
-            if !args.contains(&flag) {
+            if lift_limits && !args.contains(&flag) {
                 defaults.extend([flag, value]);
             }
         }
         let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
-            .args(["--listen", &listen, "--log-level", "info"])
+            .args(["--listen", &listen])
+            .args(if lift_limits {
+                &["--log-level", "info"][..]
+            } else {
+                &[]
+            })
             .args(&defaults)
             .args(args)
             .stdin(Stdio::null())
