@@ -401,7 +401,7 @@ pub struct Part {
 pub struct Viewer {
     stream: TcpStream,
     parser: Parser,
-    ready: std::collections::VecDeque<Part>,
+    ready: std::collections::VecDeque<beltcam_testkit::multipart::Part>,
     buf: Vec<u8>,
 }
 
@@ -426,9 +426,7 @@ impl Viewer {
             let n = v.stream.read(&mut v.buf).expect("response head");
             let fed = match n {
                 0 => Err("closed before the response head".to_string()),
-                n => v
-                    .parser
-                    .feed(&v.buf[..n], |p| v.ready.push_back(Part::of(p))),
+                n => v.parser.feed(&v.buf[..n], |p| v.ready.push_back(p)),
             };
             if let Err(e) = fed {
                 panic!("stream refused: {} ({e})", v.parser.head());
@@ -449,7 +447,9 @@ impl Viewer {
     pub fn next_part(&mut self) -> Option<Part> {
         loop {
             if let Some(p) = self.ready.pop_front() {
-                return Some(p);
+                // Received when the test takes it (as a blocking reader would have read it then),
+                // not when it happened to arrive in a read with an earlier part.
+                return Some(Part::of(p));
             }
             if self.parser.ended() {
                 return None;
@@ -459,10 +459,7 @@ impl Viewer {
                 Ok(n) => n,
             };
             let ready = &mut self.ready;
-            if let Err(e) = self
-                .parser
-                .feed(&self.buf[..n], |p| ready.push_back(Part::of(p)))
-            {
+            if let Err(e) = self.parser.feed(&self.buf[..n], |p| ready.push_back(p)) {
                 panic!("multipart framing: {e}");
             }
         }
@@ -487,7 +484,7 @@ impl Viewer {
 }
 
 impl Part {
-    /// A part the parser completed just now (its last byte was in the read that returned).
+    /// A part the parser completed, handed to the test now.
     fn of(p: beltcam_testkit::multipart::Part) -> Part {
         Part {
             seq: p.seq.unwrap_or(0),
