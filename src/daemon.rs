@@ -48,6 +48,7 @@ pub fn default_camera() -> CameraSettings {
         source,
         quality: 80,
         v4l2: Default::default(),
+        record: None,
     }
 }
 
@@ -118,6 +119,18 @@ impl Capture {
             .spawn(move || capture::run_capture(cam, source))
             .map_err(|e| format!("cannot start a capture thread: {e}"))?;
         self.thread = Some(thread);
+        if let Some(r) = &self.settings.record {
+            let rec = capture::record::Recorder::new(
+                Arc::clone(&self.camera),
+                r.clone(),
+                std::time::SystemTime::now,
+            );
+            // Not joined: it ends within one period of the camera stopping, and holds no device.
+            std::thread::Builder::new()
+                .name(format!("record-{}", self.camera.name))
+                .spawn(move || rec.run())
+                .map_err(|e| format!("cannot start a recording thread: {e}"))?;
+        }
         Ok(())
     }
 }

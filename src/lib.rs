@@ -25,7 +25,7 @@ pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod obs;
-pub(crate) mod pool;
+pub mod pool;
 pub mod serve;
 pub mod shutdown;
 pub mod systemd;

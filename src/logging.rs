@@ -1,9 +1,12 @@
 //! Logging set-up: tracing to stderr, and under systemd's journal a `<N>` syslog priority prefix on
 //! every line (sd-daemon(3)), so `journalctl -u beltcam -p warning` shows beltcam's warnings (the
-//! journal otherwise stores every line of a service's stderr at priority info).
+//! journal otherwise stores every line of a service's stderr at priority info). Also
+//! [`RateLimit`], which every warning that can repeat per frame or per connection goes through.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -106,9 +109,89 @@ pub fn set_filter(filter: &str) -> Result<(), String> {
     }
 }
 
+/// How often a repeated warning is logged at most, unless its call site says otherwise.
+pub const REPEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that can repeat (each failed accept, each oversize frame): its first occurrence is
+/// logged, later ones are counted, and at most once per `every` one more line is logged with the
+/// count held back since the previous line. Lock-free and allocation-free, so it can sit in a
+/// `static` beside the call site and be hit from every thread:
+///
+/// ```
+/// use beltcam::logging::RateLimit;
+/// static ACCEPT: RateLimit = RateLimit::new(beltcam::logging::REPEAT_EVERY);
+/// if let Some(held_back) = ACCEPT.allow() {
+///     tracing::warn!(held_back, "accept failed");
+/// }
+/// ```
+pub struct RateLimit {
+    every_ms: u64,
+    /// Milliseconds since `epoch()` (plus one, so 0 means "never logged") when the next line may go.
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl RateLimit {
+    pub const fn new(every: Duration) -> Self {
+        RateLimit {
+            every_ms: every.as_millis() as u64,
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held_back)` when this occurrence is to be logged (with how many were not, since the
+    /// last logged one); `None` when it is only counted.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(epoch().elapsed().as_millis() as u64 + 1)
+    }
+
+    fn allow_at(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        // One thread wins the slot; the others count themselves as held back.
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms + self.every_ms,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::AcqRel));
+        }
+        self.held.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_logged_first_then_once_per_period_with_the_count() {
+        let r = RateLimit::new(Duration::from_secs(10));
+        assert_eq!(r.allow_at(1), Some(0), "the first occurrence is logged");
+        // 100 more within the period: counted only.
+        assert!((0..100).all(|i| r.allow_at(2 + i * 50).is_none()));
+        assert_eq!(
+            r.allow_at(10_001),
+            Some(100),
+            "then one line with the count"
+        );
+        assert_eq!(r.allow_at(10_002), None);
+        assert_eq!(r.allow_at(20_001), Some(1));
+        // Quiet for a long time: the next one is logged at once, with nothing held back.
+        assert_eq!(r.allow_at(1_000_000), Some(0));
+    }
 
     #[test]
     fn priorities_follow_syslog() {

@@ -21,13 +21,14 @@ const RULES: &str = "deploy/prometheus/beltcam-alerts.yml";
 const RULE_TESTS: &str = "deploy/prometheus/beltcam-alerts.test.yml";
 
 /// The alerts the rules file defines (each has its firing and not-firing cases in RULE_TESTS).
-const ALERTS: [&str; 6] = [
+const ALERTS: [&str; 7] = [
     "BeltcamTargetDown",
     "BeltcamCameraOffline",
     "BeltcamCameraFpsLow",
     "BeltcamSessionsNearCapacity",
     "BeltcamFramesNoFreeSlot",
     "BeltcamPoolLeasesReclaimed",
+    "BeltcamRecordingDiskLow",
 ];
 
 /// Whether `program --version` runs; skips `test` (a failure under CI=true) when it does not.

@@ -60,6 +60,8 @@ struct Entry {
     path: PathBuf,
     /// Skipped for its content (or type) as it was at this stamp.
     bad: Option<Stamp>,
+    /// Skipped for being larger than a pool slot (the reason the camera gives).
+    oversize: bool,
 }
 
 /// Why a file produced no frame.
@@ -144,13 +146,20 @@ impl DirSource {
             while old.peek().is_some_and(|e| e.path < path) {
                 old.next();
             }
-            let bad = match old.peek() {
-                Some(e) if e.path == path => old.next().and_then(|e| e.bad),
-                _ => None,
+            let (bad, oversize) = match old.peek() {
+                Some(e) if e.path == path => {
+                    old.next().map_or((None, false), |e| (e.bad, e.oversize))
+                }
+                _ => (None, false),
             };
             // stat() does not open, so it cannot block on a FIFO.
             let bad = bad.filter(|s| std::fs::metadata(&path).is_ok_and(|m| Stamp::of(&m) == *s));
-            files.push(Entry { path, bad });
+            let oversize = oversize && bad.is_some();
+            files.push(Entry {
+                path,
+                bad,
+                oversize,
+            });
         }
         if self.next >= files.len() {
             self.next = 0;
@@ -167,11 +176,23 @@ impl DirSource {
             return Some(format!("{}: no *.jpg or *.jpeg files", self.path.display()));
         }
         self.files.iter().all(|e| e.bad.is_some()).then(|| {
-            format!(
-                "{}: none of the {} files is a valid JPEG (each is skipped until it changes)",
-                self.path.display(),
-                self.files.len()
-            )
+            let oversize = self.files.iter().filter(|e| e.oversize).count();
+            if oversize == 0 {
+                format!(
+                    "{}: none of the {} files is a valid JPEG (each is skipped until it changes)",
+                    self.path.display(),
+                    self.files.len()
+                )
+            } else {
+                let others = self.files.len() - oversize;
+                format!(
+                    "{}: none of the {} files can be shown: {oversize} larger than a pool slot \
+                     ({MAX_JPEG_BYTES} bytes), {others} not valid JPEGs (each is skipped until \
+                     it changes)",
+                    self.path.display(),
+                    self.files.len()
+                )
+            }
         })
     }
 
@@ -194,7 +215,7 @@ impl DirSource {
         let e = &mut self.files[idx];
         if e.bad.is_none() {
             warn!(camera = %cam.name, file = %e.path.display(), reason = %why,
-                  "skipping file until it changes: not a valid JPEG");
+                  "skipping file until it changes");
         }
         e.bad = Some(stamp);
     }
@@ -388,8 +409,17 @@ impl FrameSource for DirSource {
                 Err(e) => e.to_string(),
             },
             Ok(None) => {
-                cam.pool.count_oversize();
-                format!("larger than a pool slot ({MAX_JPEG_BYTES} bytes)")
+                // Counted, logged (rate-limited) and shown as the camera's state by `Camera`.
+                cam.count_oversize();
+                drop(slot);
+                self.mark_bad(
+                    cam,
+                    idx,
+                    stamp,
+                    &format!("larger than a pool slot ({MAX_JPEG_BYTES} bytes)"),
+                );
+                self.files[idx].oversize = true;
+                return Ok(());
             }
             Err(e) => {
                 drop(slot);

@@ -12,6 +12,7 @@ pub(crate) mod dir;
 pub mod encode;
 pub(crate) mod font;
 pub mod jpeg;
+pub(crate) mod record;
 pub(crate) mod relay;
 pub mod synthetic;
 pub(crate) mod v4l2;
@@ -25,11 +26,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::spec::SourceSpec;
+use crate::logging::{RateLimit, REPEAT_EVERY};
 use crate::obs::events::{Event, EventBus};
-use crate::obs::health::Heartbeat;
+use crate::obs::health::{stale_after, Heartbeat};
 use crate::obs::stats::{CameraCounts, CameraView};
 pub use crate::obs::stats::{CameraState, StreamInfo};
-use crate::pool::{FramePool, SlotWriter};
+use crate::pool::{FramePool, SlotWriter, MAX_JPEG_BYTES};
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,10 @@ pub enum SourceError {
 /// in `capture` until a frame is due, but never longer than about a second, so the capture thread's
 /// heartbeat keeps beating and shutdown is noticed.
 pub trait FrameSource: Send {
+    /// Called once by the capture thread, before the first `open`, with the camera this source
+    /// serves for its whole life. A source with threads of its own that publish (the V4L2 encode
+    /// workers) keeps it; the others need not.
+    fn attach(&mut self, _cam: &Arc<Camera>) {}
     /// Opens (or re-opens after a failure) and says what was negotiated.
     fn open(&mut self, cam: &Camera) -> Result<StreamInfo, SourceError>;
     /// Produces at most one frame into `cam` (via `cam.claim()` and `cam.publish(..)`).
@@ -72,6 +78,8 @@ struct CameraCounters {
     /// Published real frames per second over the last window, times 1000.
     fps_milli: AtomicU64,
     last_frame_us: AtomicU64,
+    /// When the newest frame larger than a slot was refused (0: never).
+    oversize_us: AtomicU64,
 }
 
 const STARTING: u8 = 0;
@@ -101,7 +109,11 @@ pub struct Camera {
     retired: AtomicBool,
     /// A relayed camera's upstream counters (see `relay`).
     upstream: OnceLock<Arc<relay::UpstreamCounters>>,
+    /// A recording camera's recorder counters (see `record`).
+    recording: OnceLock<Arc<record::RecordCounters>>,
     events: Arc<EventBus>,
+    /// Frames larger than a slot can come every frame: one warning, then a count (`RateLimit`).
+    oversize_log: RateLimit,
 }
 
 impl Camera {
@@ -141,7 +153,9 @@ impl Camera {
             shutdown,
             retired: AtomicBool::new(false),
             upstream: OnceLock::new(),
+            recording: OnceLock::new(),
             events,
+            oversize_log: RateLimit::new(REPEAT_EVERY),
         }
     }
 
@@ -155,6 +169,11 @@ impl Camera {
     /// Shows a relay's upstream counters in this camera's views (the first call wins).
     pub fn attach_upstream(&self, counters: Arc<relay::UpstreamCounters>) {
         let _ = self.upstream.set(counters);
+    }
+
+    /// Shows a recorder's counters in this camera's views (the first call wins).
+    pub fn attach_recording(&self, counters: Arc<record::RecordCounters>) {
+        let _ = self.recording.set(counters);
     }
 
     /// Whether a reload removed this camera.
@@ -186,7 +205,10 @@ impl Camera {
 
     /// The camera as the observability views show it, `clients` being its stream sessions.
     pub fn view(&self, clients: usize) -> CameraView {
-        let (info, reason) = self.detail();
+        let (info, mut reason) = self.detail();
+        if reason.is_empty() {
+            reason = self.oversize_reason().unwrap_or_default();
+        }
         let counts = self.stats();
         let last_frame_age = (counts.last_frame_us != 0)
             .then(|| Duration::from_micros(now_us().saturating_sub(counts.last_frame_us)));
@@ -204,6 +226,7 @@ impl Camera {
             clients,
             last_frame_age,
             upstream: self.upstream.get().map(|u| u.stats()),
+            recording: self.recording.get().map(|r| r.stats()),
         }
     }
 
@@ -217,10 +240,36 @@ impl Camera {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a frame larger than a slot (and so lost).
+    /// Counts a frame larger than a slot (and so lost): the camera is degraded while they keep
+    /// coming (see `oversize_reason`), and the first is logged, then a count every 10 s.
     pub fn count_oversize(&self) {
         self.pool.count_oversize();
         self.count_dropped();
+        self.note_oversize();
+    }
+
+    /// The oversize state and its warning, for a frame the pool has already counted.
+    fn note_oversize(&self) {
+        self.counters.oversize_us.store(now_us(), Ordering::Relaxed);
+        if let Some(held_back) = self.oversize_log.allow() {
+            warn!(camera = %self.name, slot_bytes = MAX_JPEG_BYTES, held_back,
+                  total = self.pool.stats().oversize,
+                  "frame larger than a pool slot dropped (camera resolution or quality too high?)");
+        }
+    }
+
+    /// Why a camera that is not offline is degraded: frames larger than a slot refused within
+    /// the last few frame periods (as long as `/health` calls a frame stale), so the state clears
+    /// once frames fit again.
+    fn oversize_reason(&self) -> Option<String> {
+        let at = self.counters.oversize_us.load(Ordering::Relaxed);
+        let window = stale_after(self.spec.nominal_fps());
+        (at != 0 && now_us().saturating_sub(at) <= window.as_micros() as u64).then(|| {
+            format!(
+                "frames larger than a pool slot ({MAX_JPEG_BYTES} bytes) are dropped ({} so far)",
+                self.pool.stats().oversize
+            )
+        })
     }
 
     /// Negotiated stream and, when offline, why.
@@ -264,9 +313,10 @@ impl Camera {
                     .store(captured_us, Ordering::Relaxed);
                 self.frames_tx.send_replace(seq);
             }
-            Err(e) => {
+            Err(_oversize) => {
+                // Counted as oversize by the pool.
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                warn!(camera = %self.name, %e, "frame rejected");
+                self.note_oversize();
             }
         }
     }
@@ -302,7 +352,15 @@ impl Camera {
             },
         );
         if let Ok(mut d) = self.detail.lock() {
+            // A source that learns its size from its frames (`dir:` opens as 0x0) may already
+            // have reported it with the first frame: keep it.
+            let size = if info.width == 0 && info.height == 0 {
+                (d.0.width, d.0.height)
+            } else {
+                (info.width, info.height)
+            };
             *d = (info, String::new());
+            (d.0.width, d.0.height) = size;
         }
         self.state.store(ONLINE, Ordering::Release);
     }
@@ -410,23 +468,48 @@ impl Pacer {
 }
 
 /// The capture thread's body: open, capture until failure, then offline with placeholder and retry.
+///
+/// A camera is online from its first real frame, not from a successful `open`: a device that
+/// opens but never delivers (a V4L2 node whose sensor is dead) would otherwise flap online and
+/// offline at every re-open, and its viewers would get the placeholder only once per flap. While
+/// it is open and silent, it stays offline and viewers get "NO SIGNAL" about once a second.
 pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let mut fps_window = (Instant::now(), 0u64);
     let mut last_placeholder: Option<Instant> = None;
+    source.attach(&cam);
+    let mut placeholder_due = |cam: &Camera| {
+        if last_placeholder.map_or(true, |t| t.elapsed() >= PLACEHOLDER_EVERY) {
+            cam.publish_placeholder();
+            last_placeholder = Some(Instant::now());
+        }
+    };
     while !cam.stopping() {
         cam.heartbeat.beat();
         match source.open(&cam) {
             Ok(info) => {
-                cam.set_online(info);
-                backoff.reset();
+                // Online once a real frame is published after this open.
+                let mut pending = Some(info);
+                let published_at_open = cam.counters.published.load(Ordering::Relaxed);
                 loop {
                     cam.heartbeat.beat();
                     if cam.stopping() {
                         return;
                     }
                     update_fps(&cam, &mut fps_window);
-                    match source.capture(&cam) {
+                    if pending.is_some() && cam.state() == CameraState::Offline {
+                        placeholder_due(&cam);
+                    }
+                    let r = source.capture(&cam);
+                    if pending.is_some()
+                        && cam.counters.published.load(Ordering::Relaxed) > published_at_open
+                    {
+                        if let Some(info) = pending.take() {
+                            cam.set_online(info);
+                            backoff.reset();
+                        }
+                    }
+                    match r {
                         Ok(()) => {}
                         Err(SourceError::InvalidFrame(why)) => {
                             cam.count_invalid();
@@ -444,15 +527,16 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
         }
         cam.counters.fps_milli.store(0, Ordering::Relaxed);
         // Offline: viewers stay connected and see "NO SIGNAL" about once a second.
-        if last_placeholder.map_or(true, |t| t.elapsed() >= Duration::from_millis(900)) {
-            cam.publish_placeholder();
-            last_placeholder = Some(Instant::now());
-        }
+        placeholder_due(&cam);
         if !wait_until(&cam, Instant::now() + backoff.next_delay()) {
             return;
         }
     }
 }
+
+/// How often an offline camera's viewers get the "NO SIGNAL" frame (a little under a second, so
+/// a capture window of about half a second still lands one each second).
+const PLACEHOLDER_EVERY: Duration = Duration::from_millis(900);
 
 fn update_fps(cam: &Camera, window: &mut (Instant, u64)) {
     let elapsed = window.0.elapsed();

@@ -17,7 +17,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use tracing::warn;
 
 use super::jpeg;
 use super::{now_us, wait_until, Camera, FrameSource, SourceError, StreamInfo};
@@ -38,8 +37,6 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_SLICE: Duration = Duration::from_millis(250);
 /// The largest response head accepted.
 const MAX_RESPONSE_HEAD: usize = 8 * 1024;
-/// Warnings about skipped parts at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The upstream connection's counters, shared with the camera's views (`/stats`, `/metrics`).
 #[derive(Default)]
@@ -90,7 +87,6 @@ pub struct RelaySource {
     /// Consecutive failed connections (for the jitter).
     failures: u32,
     size: (u32, u32),
-    warned: Option<Instant>,
 }
 
 impl RelaySource {
@@ -116,7 +112,6 @@ impl RelaySource {
             last_frame: Instant::now(),
             failures: 0,
             size: (0, 0),
-            warned: None,
         }
     }
 
@@ -188,16 +183,6 @@ impl RelaySource {
         self.sock = Some(sock);
         Ok(())
     }
-
-    /// Skipped parts: counted, and a warning at most once a minute.
-    fn skipped(&mut self, cam: &Camera, what: &str) {
-        if self.warned.map_or(true, |t| t.elapsed() >= WARN_EVERY) {
-            self.warned = Some(Instant::now());
-            let c = self.counters.stats();
-            warn!(camera = %cam.name, upstream = %self.url, oversize_parts = c.oversize_parts,
-                  garbage_bytes = c.garbage_bytes, "{what} (counted; warned at most once a minute)");
-        }
-    }
 }
 
 impl FrameSource for RelaySource {
@@ -230,7 +215,6 @@ impl FrameSource for RelaySource {
             let Some(reader) = self.reader.as_mut() else {
                 return Err(SourceError::Open("capture before open".into()));
             };
-            let mut oversize = false;
             let mut published = None;
             let mut ended = false;
             // Everything already buffered first: a whole part is published at once.
@@ -263,7 +247,6 @@ impl FrameSource for RelaySource {
                         cam.count_captured();
                         cam.count_oversize();
                         self.counters.oversize_parts.fetch_add(1, Ordering::Relaxed);
-                        oversize = true;
                     }
                     Event::Garbage(n) => {
                         self.counters
@@ -272,9 +255,6 @@ impl FrameSource for RelaySource {
                     }
                     Event::End => ended = true,
                 }
-            }
-            if oversize {
-                self.skipped(cam, "upstream part larger than a pool slot skipped");
             }
             if ended {
                 let e = SourceError::Gone("upstream ended the stream".into());

@@ -4,6 +4,7 @@
 //! frame differs (so a viewer sees motion and a test can tell frames apart), and it runs the same
 //! encode-into-slot path a raw camera does.
 
+use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::encode::{self, I420};
@@ -66,16 +67,64 @@ pub fn render(img: &mut I420, n: u64, camera: &str) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = now.as_secs();
-    let line1 = format!("{camera} FRAME {n:06}");
-    let line2 = format!(
+    // Written into stack buffers: a frame costs no allocation (a `format!` here cost two).
+    let mut line1 = Line::new();
+    let _ = write!(line1, "{camera} FRAME {n:06}");
+    let mut line2 = Line::new();
+    let _ = write!(
+        line2,
         "{:02}:{:02}:{:02}.{:03} UTC",
         secs / 3600 % 24,
         secs / 60 % 60,
         secs % 60,
         now.subsec_millis()
     );
-    font::draw_text(y, w, h, scale * 2, scale, scale, &line1, (235, 16));
-    font::draw_text(y, w, h, scale * 2, scale * 11, scale, &line2, (235, 16));
+    let (line1, line2) = (line1.as_str(), line2.as_str());
+    font::draw_text(y, w, h, scale * 2, scale, scale, line1, (235, 16));
+    font::draw_text(y, w, h, scale * 2, scale * 11, scale, line2, (235, 16));
+}
+
+/// One overlay line, formatted on the stack. Text past `LINE_BYTES` is cut at a character
+/// boundary (a long camera name loses its end, never the frame counter's format).
+pub struct Line {
+    buf: [u8; LINE_BYTES],
+    len: usize,
+}
+
+/// Longer than any line that fits across a frame at the overlay's smallest scale.
+const LINE_BYTES: usize = 128;
+
+impl Line {
+    pub fn new() -> Self {
+        Line {
+            buf: [0; LINE_BYTES],
+            len: 0,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole characters are ever copied in (see `write_str`).
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = LINE_BYTES - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
 }
 
 impl FrameSource for Synthetic {
@@ -132,5 +181,17 @@ mod tests {
         let n = encode::encode_i420(&mut c, &img, &mut out).unwrap();
         let hdr = turbojpeg::read_header(&out[..n]).unwrap();
         assert_eq!((hdr.width, hdr.height), (160, 120));
+    }
+
+    #[test]
+    fn overlay_line_cuts_long_text_at_a_character_boundary() {
+        let mut l = Line::new();
+        let _ = write!(l, "{} FRAME {:06}", "é".repeat(100), 7);
+        assert_eq!(l.as_str().len(), LINE_BYTES);
+        assert!(l.as_str().starts_with("éé"));
+        let mut l = Line::new();
+        let (name, n) = ("front", 42);
+        let _ = write!(l, "{name} FRAME {n:06}");
+        assert_eq!(l.as_str(), "front FRAME 000042");
     }
 }

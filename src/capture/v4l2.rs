@@ -13,6 +13,7 @@ pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -20,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::convert::{RawEncoder, RawFormat};
 use super::workers::{self, Dispatch, EncodePool, Job};
 use super::{dht, now_us, Camera, FrameSource, SourceError, StreamInfo};
+use crate::logging::{RateLimit, REPEAT_EVERY};
 use ioctl::{DeviceFd, PixFormat};
 pub use negotiate::offers;
 use negotiate::{fourcc_str, Request};
@@ -39,6 +41,11 @@ pub struct V4l2Source {
     request: Request,
     opts: V4l2Options,
     live: Option<Live>,
+    /// The camera the encode workers publish into (`FrameSource::attach`).
+    cam: Option<Arc<Camera>>,
+    /// Warnings of `open`, which repeat at every re-open of a failing device.
+    rate_warning: RateLimit,
+    mode_warning: RateLimit,
 }
 
 /// An open, streaming device. Field order is drop order: buffers unmapped before the fd closes.
@@ -73,6 +80,9 @@ impl V4l2Source {
             },
             opts,
             live: None,
+            cam: None,
+            rate_warning: RateLimit::new(REPEAT_EVERY),
+            mode_warning: RateLimit::new(REPEAT_EVERY),
         }
     }
 }
@@ -122,12 +132,18 @@ impl V4l2Source {
                 Ok(Some(got)) => interval = Some(got),
                 Ok(None) => {}
                 // Some drivers have no S_PARM (fixed rate): stream at whatever they deliver.
-                Err(e) => warn!(device = %path, %e, "cannot set the frame rate"),
+                Err(e) => {
+                    if let Some(held_back) = self.rate_warning.allow() {
+                        warn!(device = %path, %e, held_back, "cannot set the frame rate");
+                    }
+                }
             }
         }
         let fps = interval.map_or(0.0, negotiate::fps_of);
-        if !choice.notes.is_empty() || (fmt.width, fmt.height) != (choice.width, choice.height) {
-            warn!(device = %path, asked = ?self.request, notes = ?choice.notes,
+        let substituted =
+            !choice.notes.is_empty() || (fmt.width, fmt.height) != (choice.width, choice.height);
+        if let Some(held_back) = substituted.then(|| self.mode_warning.allow()).flatten() {
+            warn!(held_back, device = %path, asked = ?self.request, notes = ?choice.notes,
                   format = %fourcc_str(fmt.fourcc), width = fmt.width, height = fmt.height, fps,
                   "requested mode not offered; using the nearest");
         }
@@ -143,7 +159,10 @@ impl V4l2Source {
                     .map_err(|e| SourceError::Open(format!("{path}: {e}")))?;
                 raw_bytes = raw.frame_bytes(stride, h);
                 let bytes = raw_bytes.max(fmt.sizeimage as usize);
-                let pool = EncodePool::new(encs, bytes, fmt.width, fmt.height)
+                let attached = self.cam.as_ref().ok_or_else(|| {
+                    SourceError::Open(format!("{path}: raw formats need an attached camera"))
+                })?;
+                let pool = EncodePool::start(attached, encs, bytes, fmt.width, fmt.height)
                     .map_err(|e| open_err("encode workers", e))?;
                 Some(pool)
             }
@@ -181,6 +200,10 @@ impl V4l2Source {
 }
 
 impl FrameSource for V4l2Source {
+    fn attach(&mut self, cam: &Arc<Camera>) {
+        self.cam = Some(Arc::clone(cam));
+    }
+
     fn open(&mut self, cam: &Camera) -> Result<StreamInfo, SourceError> {
         self.close();
         let (live, info) = self.open_device(cam)?;
@@ -197,11 +220,16 @@ impl FrameSource for V4l2Source {
         let Some(mut pool) = live.encoders.take() else {
             return live.window(cam, end, None);
         };
+        // The workers keep running between calls; only the queues' ends are lent here.
         let fd = pool.done_fd();
-        let r = pool.run(cam, |d| live.window(cam, end, Some((d, fd))));
+        let r = live.window(cam, end, Some((&mut pool.dispatch(), fd)));
         live.log_stats(cam, &pool);
+        let alive = pool.alive();
         live.encoders = Some(pool);
-        r.map_err(|e| SourceError::Gone(format!("cannot start encode workers: {e}")))?
+        if !alive {
+            return Err(SourceError::Gone("an encode worker stopped".into()));
+        }
+        r
     }
 
     fn close(&mut self) {
@@ -297,6 +325,10 @@ impl Live {
                 Some(mut slot) => match dht::copy_frame(data, slot.jpeg_buf()) {
                     Ok((n, info)) => {
                         cam.publish(slot, n, captured, info.width as u32, info.height as u32);
+                        Ok(())
+                    }
+                    Err(dht::CopyError::TooBig(_)) => {
+                        cam.count_oversize();
                         Ok(())
                     }
                     Err(e) => Err(e.to_string()),

@@ -11,12 +11,14 @@
 //! older one (see `v4l2`). Workers tell the capture thread they are free through an eventfd it
 //! polls beside the camera, and are woken by `unpark`.
 //!
-//! The threads are scoped to one `capture` call (about half a second) because publishing needs the
-//! `&Camera` the capture thread lends; spawning two threads twice a second costs microseconds, and
-//! it keeps every borrow checked by the compiler instead of an unsafe `'static` camera pointer.
+//! The threads live as long as the pool: started when the stream opens, stopped and joined when
+//! the pool is dropped (the stream closes, the capture thread returns, the camera is removed).
+//! They hold the camera by `Arc`, so no borrow has to end with each `capture` call.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ringbuf::traits::{Consumer, Producer, Split};
@@ -51,19 +53,24 @@ pub struct EncodeStats {
     pub failed: AtomicU64,
 }
 
+/// The workers of one open stream and the capture thread's ends of their queues. Dropping it stops
+/// and joins the workers.
 pub struct EncodePool {
     lanes: Vec<Lane>,
-    workers: Vec<Worker>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// Written by the workers: declared after nothing they need, and the threads are joined in
+    /// `drop` before any field is dropped.
     done: OwnedFd,
     next: usize,
-    width: u32,
-    height: u32,
-    pub stats: EncodeStats,
+    pub stats: Arc<EncodeStats>,
 }
 
 impl EncodePool {
-    /// One worker per encoder, each with an input buffer of `frame_bytes`.
-    pub fn new(
+    /// Starts one worker thread per encoder, each with an input buffer of `frame_bytes`,
+    /// publishing into `cam`.
+    pub fn start(
+        cam: &Arc<Camera>,
         encoders: Vec<RawEncoder>,
         frame_bytes: usize,
         width: u32,
@@ -76,30 +83,40 @@ impl EncodePool {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let done = unsafe { OwnedFd::from_raw_fd(fd) };
-        let (mut lanes, mut workers) = (Vec::new(), Vec::new());
-        for enc in encoders {
+        let mut pool = EncodePool {
+            lanes: Vec::new(),
+            threads: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            done,
+            next: 0,
+            stats: Arc::new(EncodeStats::default()),
+        };
+        for (i, enc) in encoders.into_iter().enumerate() {
             let (todo_tx, todo_rx) = HeapRb::<Job>::new(1).split();
             let (mut free_tx, free_rx) = HeapRb::<Vec<u8>>::new(1).split();
             let _ = free_tx.try_push(vec![0u8; frame_bytes]);
-            lanes.push(Lane {
-                todo: todo_tx,
-                free: free_rx,
-            });
-            workers.push(Worker {
+            let mut worker = Worker {
                 todo: todo_rx,
                 free: free_tx,
                 enc,
+            };
+            let (cam, stop, stats) = (
+                Arc::clone(cam),
+                Arc::clone(&pool.stop),
+                Arc::clone(&pool.stats),
+            );
+            let done = pool.done.as_raw_fd();
+            // On an error, dropping `pool` stops and joins the workers already started.
+            let t = std::thread::Builder::new()
+                .name(format!("encode-{}-{i}", cam.name))
+                .spawn(move || worker.run(&cam, &stop, &stats, done, (width, height)))?;
+            pool.lanes.push(Lane {
+                todo: todo_tx,
+                free: free_rx,
             });
+            pool.threads.push(t);
         }
-        Ok(EncodePool {
-            lanes,
-            workers,
-            done,
-            next: 0,
-            width,
-            height,
-            stats: EncodeStats::default(),
-        })
+        Ok(pool)
     }
 
     /// The fd that becomes readable when a worker finished a frame.
@@ -107,57 +124,39 @@ impl EncodePool {
         self.done.as_raw_fd()
     }
 
-    /// Runs `body` (the capture loop) with the workers running beside it; returns when `body` does
-    /// and the workers finished what they were given.
-    pub fn run<R>(
-        &mut self,
-        cam: &Camera,
-        body: impl FnOnce(&mut Dispatch<'_>) -> R,
-    ) -> std::io::Result<R> {
-        let stop = AtomicBool::new(false);
-        let (stats, done, size) = (
-            &self.stats,
-            self.done.as_raw_fd(),
-            (self.width, self.height),
-        );
-        std::thread::scope(|s| {
-            let mut threads = Vec::with_capacity(self.workers.len());
-            for (i, w) in self.workers.iter_mut().enumerate() {
-                let stop = &stop;
-                let h = std::thread::Builder::new()
-                    .name(format!("encode-{}-{i}", cam.name))
-                    .spawn_scoped(s, move || w.run(cam, stop, stats, done, size));
-                match h {
-                    Ok(h) => threads.push(h),
-                    Err(e) => {
-                        stop.store(true, Ordering::Release);
-                        threads.iter().for_each(|t| t.thread().unpark());
-                        return Err(e);
-                    }
-                }
-            }
-            let mut d = Dispatch {
-                lanes: &mut self.lanes,
-                threads: threads.iter().map(|t| t.thread()).collect(),
-                next: &mut self.next,
-            };
-            // Stop the workers however `body` ends: a panic unwinding past here would otherwise
-            // leave them parked and the scope waiting for them forever.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut d)));
-            stop.store(true, Ordering::Release);
-            threads.iter().for_each(|t| t.thread().unpark());
-            match r {
-                Ok(r) => Ok(r),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+    /// The capture thread's side of the queues, for one `capture` call.
+    pub fn dispatch(&mut self) -> Dispatch<'_> {
+        Dispatch {
+            lanes: &mut self.lanes,
+            threads: &self.threads,
+            next: &mut self.next,
+        }
+    }
+
+    /// Whether every worker thread is still running (a panicked one is not).
+    pub fn alive(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
     }
 }
 
-/// The capture thread's side of the queues during `EncodePool::run`.
+impl Drop for EncodePool {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
+        // A worker finishes the frame in hand (one encode, milliseconds) and returns; joining
+        // here keeps the eventfd open until no worker can write to it.
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The capture thread's side of the queues (`EncodePool::dispatch`).
 pub struct Dispatch<'a> {
     lanes: &'a mut [Lane],
-    threads: Vec<&'a std::thread::Thread>,
+    threads: &'a [JoinHandle<()>],
     next: &'a mut usize,
 }
 
@@ -179,7 +178,7 @@ impl Dispatch<'_> {
         // Capacity 1 and the worker's only buffer was with us, so the queue is empty.
         let pushed = self.lanes[lane].todo.try_push(job);
         debug_assert!(pushed.is_ok());
-        self.threads[lane].unpark();
+        self.threads[lane].thread().unpark();
     }
 
     /// Gives an unused buffer back.
@@ -211,7 +210,7 @@ impl Worker {
                 let _ = self.free.try_push(job.buf);
                 let one = 1u64.to_ne_bytes();
                 // SAFETY: writes 8 bytes from a live array to the pool's eventfd, which outlives
-                // the scoped worker threads. A failed write only delays the capture thread's
+                // the worker threads (`EncodePool::drop` joins them before closing it). A failed write only delays the capture thread's
                 // notice until its next poll timeout.
                 let _ = unsafe { libc::write(done, one.as_ptr() as *const libc::c_void, 8) };
                 continue;
@@ -270,29 +269,29 @@ mod tests {
     use crate::capture::now_us;
     use crate::config::spec::SourceSpec;
 
-    fn camera() -> Camera {
+    fn camera(name: &str) -> Arc<Camera> {
         let spec = SourceSpec::Synthetic {
             width: 64,
             height: 48,
             fps: 30.0,
         };
         let health = crate::obs::health::Health::new();
-        Camera::new(
+        Arc::new(Camera::new(
             0,
-            "t".into(),
+            name.into(),
             spec,
             80,
             health.register("t"),
             Arc::new(crate::shutdown::Shutdown::new()),
             Arc::new(crate::obs::events::EventBus::new(4)),
-        )
+        ))
     }
 
-    fn pool(workers: usize) -> EncodePool {
+    fn pool(cam: &Arc<Camera>, workers: usize) -> EncodePool {
         let encs = (0..workers)
             .map(|_| RawEncoder::new(RawFormat::Yuyv, 64, 48, 128, 80).unwrap())
             .collect();
-        EncodePool::new(encs, 64 * 48 * 2, 64, 48).unwrap()
+        EncodePool::start(cam, encs, 64 * 48 * 2, 64, 48).unwrap()
     }
 
     fn published(cam: &Camera) -> u64 {
@@ -312,42 +311,39 @@ mod tests {
 
     #[test]
     fn workers_encode_into_pool_slots_and_hand_buffers_back() {
-        let cam = camera();
-        let mut p = pool(2);
+        let cam = camera("t");
+        let mut p = pool(&cam, 2);
         let frame: Vec<u8> = (0..64 * 48 * 2).map(|i| (i % 200) as u8 + 16).collect();
-        let ok = p
-            .run(&cam, |d| {
-                for round in 0..3 {
-                    // Each worker has one buffer: two takes succeed, the third finds all busy.
-                    let mut lanes = Vec::new();
-                    while let Some((lane, mut buf)) = d.take() {
-                        buf.copy_from_slice(&frame);
-                        lanes.push((lane, buf));
-                    }
-                    assert_eq!(lanes.len(), 2);
-                    for (lane, buf) in lanes {
-                        let len = buf.len();
-                        let captured_us = now_us();
-                        d.submit(
-                            lane,
-                            Job {
-                                buf,
-                                len,
-                                captured_us,
-                            },
-                        );
-                    }
-                    // Both frames are handled: published, or dropped because the other (newer)
-                    // one was published first. Newest wins, so at least one is published.
-                    let handled = || published(&cam) + cam.stats().dropped;
-                    assert!(wait(|| handled() >= 2 * (round + 1)));
-                    assert!(published(&cam) > round);
-                    assert!(wait(|| d.lanes.iter().all(|l| !l.free.is_empty())));
+        {
+            let d = &mut p.dispatch();
+            for round in 0..3 {
+                // Each worker has one buffer: two takes succeed, the third finds all busy.
+                let mut lanes = Vec::new();
+                while let Some((lane, mut buf)) = d.take() {
+                    buf.copy_from_slice(&frame);
+                    lanes.push((lane, buf));
                 }
-                true
-            })
-            .unwrap();
-        assert!(ok);
+                assert_eq!(lanes.len(), 2);
+                for (lane, buf) in lanes {
+                    let len = buf.len();
+                    let captured_us = now_us();
+                    d.submit(
+                        lane,
+                        Job {
+                            buf,
+                            len,
+                            captured_us,
+                        },
+                    );
+                }
+                // Both frames are handled: published, or dropped because the other (newer)
+                // one was published first. Newest wins, so at least one is published.
+                let handled = || published(&cam) + cam.stats().dropped;
+                assert!(wait(|| handled() >= 2 * (round + 1)));
+                assert!(published(&cam) > round);
+                assert!(wait(|| d.lanes.iter().all(|l| !l.free.is_empty())));
+            }
+        }
         assert!(p.stats.frames.load(Ordering::Relaxed) >= 3);
         let lease = cam.pool.lease_newest().unwrap();
         let hdr = turbojpeg::read_header(lease.jpeg()).unwrap();
@@ -356,12 +352,13 @@ mod tests {
 
     #[test]
     fn an_older_frame_never_follows_a_newer_one() {
-        let cam = camera();
-        let mut p = pool(1);
+        let cam = camera("t");
+        let mut p = pool(&cam, 1);
         cam.counters
             .last_frame_us
             .store(u64::MAX, Ordering::Relaxed);
-        p.run(&cam, |d| {
+        {
+            let mut d = p.dispatch();
             let (lane, buf) = d.take().unwrap();
             let len = buf.len();
             d.submit(
@@ -373,8 +370,71 @@ mod tests {
                 },
             );
             assert!(wait(|| cam.stats().dropped == 1));
-        })
-        .unwrap();
+        }
         assert_eq!(published(&cam), 0);
+    }
+
+    /// Thread ids of this process's threads whose name starts with `prefix` (names are cut at 15
+    /// bytes by the kernel).
+    fn tids(prefix: &str) -> std::collections::BTreeSet<u64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+                comm.starts_with(prefix)
+                    .then(|| e.file_name().to_str()?.parse().ok())?
+            })
+            .collect()
+    }
+
+    #[test]
+    fn workers_live_as_long_as_the_pool_and_stop_with_it() {
+        // "encode-tidcount-0" is cut to "encode-tidcoun": no other test's threads match.
+        let prefix = "encode-tidcoun";
+        let cam = camera("tidcount");
+        let mut p = pool(&cam, 2);
+        let frame = vec![128u8; 64 * 48 * 2];
+        // A thread names itself once running: wait for both names.
+        assert!(wait(|| tids(prefix).len() == 2), "two workers started");
+        let first = tids(prefix);
+        let (mut seen, mut rounds) = (first.clone(), 0);
+        let t0 = Instant::now();
+        // Three seconds of what the V4L2 source does: one `dispatch` per 500 ms capture window
+        // (each used to spawn and join the workers), frames handed over as workers free up.
+        while t0.elapsed() < Duration::from_secs(3) {
+            let mut d = p.dispatch();
+            let end = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < end {
+                if let Some((lane, mut buf)) = d.take() {
+                    buf.copy_from_slice(&frame);
+                    let len = buf.len();
+                    let captured_us = now_us();
+                    d.submit(
+                        lane,
+                        Job {
+                            buf,
+                            len,
+                            captured_us,
+                        },
+                    );
+                }
+                seen.extend(tids(prefix));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            rounds += 1;
+        }
+        assert!(rounds >= 5);
+        assert!(published(&cam) > 10, "workers encoded: {}", published(&cam));
+        assert!(p.alive());
+        assert_eq!(
+            seen, first,
+            "worker threads were replaced over {rounds} windows"
+        );
+        drop(p);
+        assert!(
+            wait(|| tids(prefix).is_empty()),
+            "workers outlived their pool"
+        );
     }
 }

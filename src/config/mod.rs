@@ -156,6 +156,96 @@ pub struct CameraConfig {
     /// Encode worker threads for raw (non-MJPEG) V4L2 formats (1..=8). Default 2.
     #[serde(default = "default_encode_workers")]
     pub encode_workers: usize,
+    /// `[camera.record]`: keep frames on disk. Default: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordConfig>,
+}
+
+/// `[camera.record]`: frames kept on disk at a fixed rate, with retention and a free-space guard.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Frames a second to keep (0.001..=30). Default 1.
+    #[serde(default = "default_record_fps")]
+    pub fps: f64,
+    /// Folder (each camera writes under DIR/NAME/). Default: `$STATE_DIRECTORY/recordings` (the
+    /// unit's /var/lib/beltcam), else /var/lib/beltcam/recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Delete files older than this many hours (0: no age limit). Default 168 (a week).
+    #[serde(default = "default_keep_hours")]
+    pub keep_hours: f64,
+    /// Keep at most this many MiB, oldest removed first (0: no size limit). Default 1024.
+    #[serde(default = "default_keep_mb")]
+    pub keep_mb: f64,
+    /// Pause recording while the file system has less free than this many MiB. Default 256.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: f64,
+}
+
+fn default_record_fps() -> f64 {
+    1.0
+}
+fn default_keep_hours() -> f64 {
+    168.0
+}
+fn default_keep_mb() -> f64 {
+    1024.0
+}
+fn default_min_free_mb() -> f64 {
+    256.0
+}
+
+/// `[camera.record]`, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordSettings {
+    pub fps: f64,
+    pub dir: PathBuf,
+    pub keep_age: Option<Duration>,
+    /// 0: no size limit.
+    pub keep_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+impl RecordConfig {
+    fn validate(&self, key: impl Fn(&str) -> String) -> Result<RecordSettings, ConfigError> {
+        let range = |k: &str, v: f64, lo: f64, hi: f64| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(err(key(k), format!("must be {lo}..={hi} (got {v})")))
+            }
+        };
+        let fps = range("record.fps", self.fps, 0.001, 30.0)?;
+        let hours = range("record.keep_hours", self.keep_hours, 0.0, 24.0 * 3650.0)?;
+        let mb = range("record.keep_mb", self.keep_mb, 0.0, 16.0 * 1024.0 * 1024.0)?;
+        let free = range(
+            "record.min_free_mb",
+            self.min_free_mb,
+            0.0,
+            16.0 * 1024.0 * 1024.0,
+        )?;
+        let dir = match &self.dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => {
+                return Err(err(
+                    key("record.dir"),
+                    format!("{} is not an absolute path", d.display()),
+                ))
+            }
+            None => std::env::var_os("STATE_DIRECTORY")
+                .and_then(|v| std::env::split_paths(&v).next())
+                .unwrap_or_else(|| PathBuf::from("/var/lib/beltcam"))
+                .join("recordings"),
+        };
+        Ok(RecordSettings {
+            fps,
+            dir,
+            keep_age: (hours > 0.0).then(|| Duration::from_secs_f64(hours * 3600.0)),
+            keep_bytes: (mb * 1024.0 * 1024.0) as u64,
+            min_free_bytes: (free * 1024.0 * 1024.0) as u64,
+        })
+    }
 }
 
 fn default_quality() -> u8 {
@@ -179,6 +269,7 @@ impl CameraConfig {
             quality: default_quality(),
             buffers: default_buffers(),
             encode_workers: default_encode_workers(),
+            record: None,
         }
     }
 }
@@ -226,6 +317,7 @@ pub struct CameraSettings {
     pub source: SourceSpec,
     pub quality: u8,
     pub v4l2: V4l2Options,
+    pub record: Option<RecordSettings>,
 }
 
 /// Tunables of a V4L2 camera (config keys `buffers` and `encode_workers`).
@@ -396,11 +488,13 @@ impl Config {
                 workers: c.encode_workers,
             };
             v4l2.validate().map_err(|(k, r)| err(key(k), r))?;
+            let record = c.record.as_ref().map(|r| r.validate(key)).transpose()?;
             cameras.push(CameraSettings {
                 name: c.name.clone(),
                 source,
                 quality: c.quality,
                 v4l2,
+                record,
             });
         }
         let budget = estimate_budget(&cameras);
@@ -486,7 +580,16 @@ pub fn estimate_budget(cameras: &[CameraSettings]) -> Budget {
             },
         ));
     }
-    budget::estimate(&loads, budget::SESSION_TABLE_BYTES)
+    let mut b = budget::estimate(&loads, budget::SESSION_TABLE_BYTES);
+    for c in cameras.iter().filter(|c| c.record.is_some()) {
+        let bytes = crate::limits::MAX_JPEG_BYTES as u64;
+        b.items.push(budget::Item {
+            what: format!("camera {}: recording buffer", c.name),
+            bytes,
+        });
+        b.total_bytes += bytes;
+    }
+    b
 }
 
 /// Level words a filter directive may use.

@@ -15,6 +15,8 @@ pub enum Route {
     Stats,
     /// ustreamer's `/state` document for one camera.
     State(usize),
+    /// What a recording camera keeps on disk.
+    Recordings(usize),
     Metrics,
     /// Server-Sent Events; `?camera=NAME` is resolved by the server.
     Events,
@@ -36,7 +38,11 @@ impl Route {
     pub fn is_viewer(self) -> bool {
         matches!(
             self,
-            Route::Index | Route::Stream(_) | Route::Snapshot(_) | Route::Events
+            Route::Index
+                | Route::Stream(_)
+                | Route::Snapshot(_)
+                | Route::Events
+                | Route::Recordings(_)
         )
     }
 }
@@ -103,6 +109,7 @@ fn camera_route(path: &str, camera: &impl Fn(&str) -> Option<usize>) -> Option<R
         "stream" => Some(Route::Stream(idx)),
         "snapshot" => Some(Route::Snapshot(idx)),
         "state" => Some(Route::State(idx)),
+        "recordings" => Some(Route::Recordings(idx)),
         _ => None,
     }
 }

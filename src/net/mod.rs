@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::IoBackendChoice;
+use crate::logging::{RateLimit, REPEAT_EVERY};
 use crate::obs::health::Heartbeat;
 use crate::pool::LeaseBuf;
 use crate::shutdown::Shutdown;
@@ -316,7 +317,12 @@ async fn accept_loop<A: Acceptor + 'static, H: Handler>(
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays open.
-                warn!(%e, "accept failed");
+                // Every serving thread retries ten times a second while it lasts: one line,
+                // then a count every `REPEAT_EVERY`, for the whole process.
+                static ACCEPT_FAILED: RateLimit = RateLimit::new(REPEAT_EVERY);
+                if let Some(held_back) = ACCEPT_FAILED.allow() {
+                    warn!(%e, held_back, "accept failed; retrying");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

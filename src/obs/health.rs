@@ -147,7 +147,14 @@ pub fn stale_after(nominal_fps: Option<f64>) -> Duration {
 
 /// One camera's verdict and, when not ok, why.
 pub fn camera_verdict(cam: &CameraView) -> (Status, String) {
+    if cam.recording.as_ref().is_some_and(|r| r.disk_low) {
+        return (Status::Degraded, "recording paused: disk low".into());
+    }
     match (cam.state, cam.last_frame_age) {
+        // A camera that delivers but loses frames (larger than a slot) says why.
+        (CameraState::Online | CameraState::Starting, _) if !cam.reason.is_empty() => {
+            (Status::Degraded, cam.reason.clone())
+        }
         (CameraState::Online, Some(age)) if age <= stale_after(cam.nominal_fps) => {
             (Status::Ok, String::new())
         }

@@ -68,6 +68,50 @@ pub fn render(snap: &Snapshot) -> String {
             .filter_map(|c| Some((format!("camera=\"{}\"", c.name), f(c.upstream.as_ref()?))))
             .collect()
     };
+    let per_rec = |f: &dyn Fn(&super::stats::RecordingStats) -> V| -> Vec<(String, V)> {
+        snap.cameras
+            .iter()
+            .filter_map(|c| Some((format!("camera=\"{}\"", c.name), f(c.recording.as_ref()?))))
+            .collect()
+    };
+    let recs = per_rec(&|r| V::I(r.written));
+    if !recs.is_empty() {
+        family(
+            o,
+            "beltcam_recorded_frames_total",
+            "counter",
+            "Frames written to disk.",
+            &recs,
+        );
+        family(
+            o,
+            "beltcam_recording_skipped_total",
+            "counter",
+            "Recording periods skipped because a write took longer than the period.",
+            &per_rec(&|r| V::I(r.skipped)),
+        );
+        family(
+            o,
+            "beltcam_recording_errors_total",
+            "counter",
+            "Recording writes that failed.",
+            &per_rec(&|r| V::I(r.errors)),
+        );
+        family(
+            o,
+            "beltcam_recording_bytes",
+            "gauge",
+            "Bytes of recorded frames kept on disk.",
+            &per_rec(&|r| V::I(r.bytes)),
+        );
+        family(
+            o,
+            "beltcam_recording_disk_low",
+            "gauge",
+            "1 while recording is paused for want of free disk space.",
+            &per_rec(&|r| V::I(r.disk_low.into())),
+        );
+    }
     let relays = per_relay(&|u| V::I(u.connected.into()));
     if !relays.is_empty() {
         family(

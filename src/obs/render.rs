@@ -73,6 +73,9 @@ pub fn stats(snap: &Snapshot) -> Value {
             if let Some(u) = &cam.upstream {
                 v["upstream"] = json!(u);
             }
+            if let Some(r) = &cam.recording {
+                v["recording"] = json!(r);
+            }
             v
         })
         .collect();
@@ -264,6 +267,7 @@ pub(crate) mod tests {
             pool,
             clients: 3,
             upstream: None,
+            recording: None,
             last_frame_age: Some(Duration::from_millis(20)),
         };
         let back = CameraView {
@@ -283,6 +287,7 @@ pub(crate) mod tests {
             clients: 0,
             last_frame_age: None,
             upstream: None,
+            recording: None,
         };
         Snapshot {
             backend: "io_uring",

@@ -84,7 +84,7 @@ pub struct CameraView {
     /// The source spec, as configured.
     pub source: String,
     pub state: CameraState,
-    /// Why the camera is offline (empty when it is not).
+    /// Why the camera is offline, or degraded while online (empty when it is fine).
     pub reason: String,
     pub info: StreamInfo,
     /// The frame rate the source is configured for, when it has one (judges staleness).
@@ -99,6 +99,31 @@ pub struct CameraView {
     pub last_frame_age: Option<Duration>,
     /// A relayed camera's upstream connection.
     pub upstream: Option<UpstreamStats>,
+    /// A recording camera's recorder.
+    pub recording: Option<RecordingStats>,
+}
+
+/// A recording camera's recorder (`[camera.record]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecordingStats {
+    /// Where its files go (`DIR/CAMERA`).
+    pub dir: String,
+    /// Frames written since start.
+    pub written: u64,
+    /// Periods skipped because a write took longer than the period.
+    pub skipped: u64,
+    /// Writes that failed.
+    pub errors: u64,
+    /// Files removed by retention since start.
+    pub removed: u64,
+    /// Files and bytes kept on disk now.
+    pub files: u64,
+    pub bytes: u64,
+    /// Paused: less free space than `min_free_mb`.
+    pub disk_low: bool,
+    pub oldest_unix_s: Option<u64>,
+    pub newest_unix_s: Option<u64>,
+    pub last_error: String,
 }
 
 /// A relayed camera's upstream connection (`http://` sources).

@@ -148,6 +148,16 @@ pub async fn handle<C: Conn>(
                     |body| Response::json(200, &body),
                 ),
             ),
+            Ok((Route::Recordings(pos), None)) => {
+                let cam = live.cameras[pos].view(0);
+                Some(match cam.recording {
+                    Some(r) => Response::json(
+                        200,
+                        &serde_json::json!({ "camera": cam.name, "recording": r }),
+                    ),
+                    None => Response::error(404, &format!("camera {} does not record", cam.name)),
+                })
+            }
             Ok((Route::Metrics, None)) => Some(Response::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -37,9 +37,14 @@ pub async fn snapshot<C: Conn>(
     head_only: bool,
     close: bool,
 ) -> bool {
-    let max_age = settings.snapshot_timeout;
+    // Fresh is judged against the camera's own frame interval: a 0.2 fps camera's newest frame is
+    // up to 5 s old and still current. The wait for one stays the configured timeout.
+    let period = cam.spec.nominal_fps().map_or(0.0, |fps| 1.0 / fps);
+    let max_age = settings
+        .snapshot_timeout
+        .max(Duration::from_secs_f64(3.0 * period));
     let send_timeout = settings.send_timeout;
-    let deadline = Instant::now() + max_age;
+    let deadline = Instant::now() + settings.snapshot_timeout;
     net::set_notsent_lowat(conn.raw_fd());
     if timeout(send_timeout, conn.drained())
         .await

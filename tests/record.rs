@@ -1,0 +1,264 @@
+//! `[camera.record]` (issue 13, part 3) against the real binary: the rate, the dated layout and
+//! atomic files, retention by size and of what is already on disk (old files named days back),
+//! counting what a restart finds, and a nearly full file system (a small tmpfs) that pauses
+//! recording with `/health` degraded "disk low" and resumes by itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{decode, get, wait_for, Daemon};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("beltcam-record-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(dir: &Path, record: &str) -> PathBuf {
+    let cfg = dir.join("beltcam.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[camera]]\nname = \"belt\"\nsource = \"synthetic:160x120@15\"\n\
+             [camera.record]\ndir = \"{}\"\n{record}",
+            dir.join("rec").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn recording(d: &Daemon) -> serde_json::Value {
+    let (code, _, body) = get(d.port, "/cam/belt/recordings").unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["recording"].clone()
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn records_at_its_rate_into_dated_folders_atomically() {
+    let t = TempDir::new("rate");
+    let d = Daemon::start(&["--config", config(&t.0, "fps = 4\n").to_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(2)));
+    let (w0, t0) = (recording(&d)["written"].as_u64().unwrap(), Instant::now());
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(w0 + 8)));
+    let (w1, dt) = (recording(&d)["written"].as_u64().unwrap(), t0.elapsed());
+    let rate = (w1 - w0) as f64 / dt.as_secs_f64();
+    assert!(
+        (3.0..=5.0).contains(&rate),
+        "recorded {rate:.2} frames/s, configured 4"
+    );
+
+    let r = recording(&d);
+    let all = files(&t.0.join("rec/belt"));
+    assert!(all.len() as u64 >= w1, "{} files, {w1} written", all.len());
+    // The counters match the disk (a write may land between the two looks).
+    let counted = r["files"].as_u64().unwrap();
+    assert!(
+        counted.abs_diff(all.len() as u64) <= 2,
+        "{counted} counted, {} on disk",
+        all.len()
+    );
+    for p in &all {
+        let rel = p
+            .strip_prefix(t.0.join("rec/belt"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // YYYY-MM-DD/HH/YYYYMMDD-HHMMSS.mmm-SEQ.jpg, never a temporary.
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 3, "{rel}");
+        assert_eq!(parts[0].len(), 10, "{rel}");
+        assert_eq!(parts[1].len(), 2, "{rel}");
+        assert!(
+            parts[2].ends_with(".jpg") && !parts[2].starts_with('.'),
+            "{rel}"
+        );
+        assert_eq!(decode(&std::fs::read(p).unwrap()), (160, 120), "{rel}");
+    }
+    let (_, _, m) = get(d.port, "/metrics").unwrap();
+    assert!(String::from_utf8_lossy(&m).contains("beltcam_recorded_frames_total{camera=\"belt\"}"));
+    // A camera that does not record says so.
+    assert_eq!(get(d.port, "/cam/nope/recordings").unwrap().0, 404);
+}
+
+#[test]
+fn retention_removes_old_files_found_at_start_and_keeps_the_size_limit() {
+    let t = TempDir::new("retention");
+    // Files from an earlier run, named three days back: 20 of 50 kB.
+    let old_day = t.0.join("rec/belt/2020-01-01/00");
+    std::fs::create_dir_all(&old_day).unwrap();
+    let jpeg = std::fs::read(common::data_dir().join("good.jpg")).unwrap();
+    for i in 0..20 {
+        let mut body = jpeg.clone();
+        body.resize(50_000, 0);
+        std::fs::write(
+            old_day.join(format!("20200101-0000{i:02}.000-{i:08}.jpg")),
+            body,
+        )
+        .unwrap();
+    }
+    let cfg = config(&t.0, "fps = 15\nkeep_hours = 24\nkeep_mb = 0.1\n");
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    // The old files are older than keep_hours: gone at start.
+    assert!(
+        wait_for(Duration::from_secs(10), || !old_day.exists()),
+        "old files kept"
+    );
+    assert!(recording(&d)["removed"].as_u64() >= Some(20));
+    // Recording at 15 fps against a 100 KiB limit: the oldest go, the total stays near the limit.
+    assert!(wait_for(Duration::from_secs(15), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(60)));
+    let on_disk: u64 = files(&t.0.join("rec/belt"))
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk <= 100 * 1024 + 10_000,
+        "{on_disk} bytes kept, limit 100 KiB"
+    );
+    let r = recording(&d);
+    assert!(r["removed"].as_u64() > Some(20), "{r}");
+    assert!(r["bytes"].as_u64() <= Some(100 * 1024 + 10_000), "{r}");
+}
+
+#[test]
+fn a_restart_counts_what_is_on_disk() {
+    let t = TempDir::new("restart");
+    let cfg = config(&t.0, "fps = 10\n");
+    let mut d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(10)));
+    let status = d.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let kept = files(&t.0.join("rec/belt"));
+    assert!(
+        kept.iter()
+            .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')),
+        "a temporary file was left: {kept:?}"
+    );
+    let bytes: u64 = kept.iter().map(|p| p.metadata().unwrap().len()).sum();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    let r = recording(&d);
+    assert!(
+        r["files"].as_u64() >= Some(kept.len() as u64),
+        "{r} vs {} on disk",
+        kept.len()
+    );
+    assert!(r["bytes"].as_u64() >= Some(bytes), "{r} vs {bytes} on disk");
+    assert!(r["oldest_unix_s"].as_u64().is_some());
+}
+
+#[test]
+fn a_nearly_full_disk_pauses_recording_and_it_resumes() {
+    let t = TempDir::new("full");
+    let mnt = t.0.join("rec");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        common::skip(
+            "record::a_nearly_full_disk",
+            "cannot mount a tmpfs (needs root)",
+            &[],
+        );
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let cfg = config(&t.0, "fps = 5\nmin_free_mb = 2\nkeep_mb = 0\n");
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(2)));
+    // Leave about 1 MiB free.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
+    let health = |d: &Daemon| {
+        let (_, _, b) = get(d.port, "/health").unwrap();
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || recording(&d)["disk_low"]
+            == true),
+        "{}",
+        recording(&d)
+    );
+    let h = health(&d);
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(
+        h["cameras"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("disk low")),
+        "{h}"
+    );
+    let paused = recording(&d)["written"].as_u64().unwrap();
+    assert_eq!(
+        d.log_text().matches("recording paused: disk low").count(),
+        1,
+        "one warning"
+    );
+    // Still paused a moment later (nothing written), while the camera streams on.
+    let (code, _, _) = get(d.port, "/snapshot").unwrap();
+    assert_eq!(code, 200);
+    assert!(recording(&d)["written"].as_u64().unwrap() <= paused + 1);
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || recording(&d)["written"]
+            .as_u64()
+            > Some(paused + 2)),
+        "recording did not resume: {}",
+        recording(&d)
+    );
+    assert_eq!(health(&d)["status"], "ok");
+    assert!(d.log_text().contains("recording resumed"));
+}
