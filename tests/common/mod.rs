@@ -67,6 +67,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// A fresh, empty temporary folder (`temp_dir(tag)`), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(temp_dir(tag))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A real `w`x`h` JPEG (quality 80) of frame `n` of the synthetic pattern, labelled `label`.
 pub fn pattern_jpeg_labeled(w: usize, h: usize, n: u64, label: &str) -> Vec<u8> {
     use beltcam::capture::encode::{compressor, encode_i420, I420};
