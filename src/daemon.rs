@@ -48,6 +48,7 @@ pub fn default_camera() -> CameraSettings {
         source,
         quality: 80,
         v4l2: Default::default(),
+        idle_stop: None,
         record: None,
     }
 }
@@ -94,15 +95,18 @@ impl Capture {
         events: &Arc<EventBus>,
     ) -> Capture {
         let hb = health.register(format!("capture:{}", settings.name));
-        let camera = Arc::new(Camera::new(
-            id,
-            settings.name.clone(),
-            settings.source.clone(),
-            settings.quality,
-            hb,
-            Arc::clone(shutdown),
-            Arc::clone(events),
-        ));
+        let camera = Arc::new(
+            Camera::new(
+                id,
+                settings.name.clone(),
+                settings.source.clone(),
+                settings.quality,
+                hb,
+                Arc::clone(shutdown),
+                Arc::clone(events),
+            )
+            .with_idle_stop(settings.idle_stop),
+        );
         Capture {
             settings: settings.clone(),
             camera,

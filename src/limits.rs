@@ -16,9 +16,9 @@ pub const SLOT_BYTES: usize = 2 * 1024 * 1024;
 /// Content-Length, X-Timestamp, X-Frame). The longest header rendered is well under this.
 pub const PART_HEADER_MAX: usize = 256;
 
-/// Bytes after the JPEG: the part's CRLF and the next boundary (`http::multipart::PART_TRAILER`,
-/// whose length the pool checks against this at compile time).
-pub const PART_TRAILER_LEN: usize = 24;
+/// Bytes after the JPEG: the part's CRLF and the boundary (`http::multipart::PART_TRAILER`, whose
+/// length the pool checks against this at compile time).
+pub const PART_TRAILER_LEN: usize = 22;
 
 /// Largest JPEG a slot can hold; a bigger frame is rejected and counted as `oversize`.
 pub const MAX_JPEG_BYTES: usize = SLOT_BYTES - PART_HEADER_MAX - PART_TRAILER_LEN;

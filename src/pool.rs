@@ -673,7 +673,10 @@ mod tests {
         let part = lease.part();
         let head_len = part.len() - 100 - PART_TRAILER.len();
         let text = std::str::from_utf8(&part[..head_len]).unwrap();
-        assert!(text.starts_with("Content-Type: image/jpeg\r\n"), "{text}");
+        assert!(
+            text.starts_with("\r\nContent-Type: image/jpeg\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Content-Length: 100\r\n"), "{text}");
         assert!(
             text.contains("X-Timestamp: 1700000000.123456\r\n"),

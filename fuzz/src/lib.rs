@@ -300,18 +300,20 @@ pub fn dht_strip(data: &[u8]) {
 }
 
 /// `multipart_header` target: any (length, timestamp, sequence) renders a complete part header that
-/// fits `PART_HEADER_MAX` and reads back as the same numbers.
+/// fits `PART_HEADER_MAX` and reads back as the same numbers. It starts with the CRLF that ends the
+/// boundary line before it (see `http::multipart`).
 pub fn multipart_header(data: &[u8]) {
     let (jpeg_len, ts, seq) = (word(data, 0) as usize, word(data, 1), word(data, 2));
     let mut out = [0u8; PART_HEADER_MAX];
     let n = render_part_header(&mut out, jpeg_len, ts, seq);
     assert!(n < PART_HEADER_MAX, "part header of {n} bytes");
+    assert!(out.starts_with(b"\r\n"), "part header must open with CRLF");
     let mut headers = [httparse::EMPTY_HEADER; 8];
-    let parsed = httparse::parse_headers(&out[..n], &mut headers);
+    let parsed = httparse::parse_headers(&out[2..n], &mut headers);
     let Ok(httparse::Status::Complete((used, hs))) = parsed else {
         panic!("part header does not parse: {parsed:?}");
     };
-    assert_eq!(used, n);
+    assert_eq!(used, n - 2);
     let get = |name: &str| {
         hs.iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))

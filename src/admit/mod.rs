@@ -3,6 +3,7 @@
 //! refusing at once (never queueing).
 
 pub mod auth;
+pub(crate) mod forwarded;
 pub(crate) mod ipguard;
 pub(crate) mod pending;
 pub(crate) mod sessions;

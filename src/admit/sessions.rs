@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use crate::limits::MAX_SESSIONS;
-use crate::obs::stats::{ClientStat, SessionStats};
+use crate::obs::stats::{ClientOptions, ClientStat, SessionStats};
 
 /// Live counters of one session, shared by the session's task and the table.
 #[derive(Default)]
@@ -26,6 +26,8 @@ pub struct SessionCounters {
     fps_prev: AtomicU64,
     close: AtomicBool,
     close_notify: Notify,
+    /// The viewer's stream options, set once when its stream starts (`/state` shows them).
+    options: OnceLock<ClientOptions>,
 }
 
 impl SessionCounters {
@@ -69,6 +71,11 @@ impl SessionCounters {
             self.bytes.load(Ordering::Relaxed),
             self.skipped.load(Ordering::Relaxed),
         )
+    }
+
+    /// Records the viewer's stream options (the first call wins).
+    pub fn set_options(&self, o: ClientOptions) {
+        let _ = self.options.set(o);
     }
 
     /// Asks the session to end; it notices at its next wait.
@@ -275,6 +282,7 @@ impl SessionTable {
                         id: e.id,
                         camera: e.camera,
                         fps: e.counters.fps(),
+                        options: e.counters.options.get().cloned().unwrap_or_default(),
                     })
                     .collect()
             })

@@ -18,8 +18,8 @@ pub mod synthetic;
 pub(crate) mod v4l2;
 pub(crate) mod workers;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -85,6 +85,7 @@ struct CameraCounters {
 const STARTING: u8 = 0;
 const ONLINE: u8 = 1;
 const OFFLINE: u8 = 2;
+const IDLE: u8 = 3;
 
 /// One camera: its pool, counters and state. This is the narrow sink a source publishes through
 /// (claim, publish, count, beat, stopping); it holds the event bus and shutdown, never server state.
@@ -114,6 +115,34 @@ pub struct Camera {
     events: Arc<EventBus>,
     /// Frames larger than a slot can come every frame: one warning, then a count (`RateLimit`).
     oversize_log: RateLimit,
+    /// Capture on demand (see `Demand`).
+    demand: DemandState,
+}
+
+/// Who wants this camera's frames, for capture on demand (`idle_stop_s`): with no stream, snapshot
+/// or recorder wanting frames for `idle_stop`, the capture thread closes the source and parks; the
+/// next want wakes it at once.
+struct DemandState {
+    /// `None`: always on.
+    idle_stop: Option<Duration>,
+    epoch: Instant,
+    /// Consumers holding a `Demand` now (streams, the recorder).
+    holders: AtomicUsize,
+    /// Milliseconds since `epoch` of the last want (a snapshot, a holder coming or going).
+    wanted_ms: AtomicU64,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Held by a consumer that wants frames for a while (a stream session, the recorder); dropping it
+/// starts the idle timer.
+pub struct Demand(Arc<Camera>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.demand.holders.fetch_sub(1, Ordering::AcqRel);
+        self.0.want_once();
+    }
 }
 
 impl Camera {
@@ -156,7 +185,90 @@ impl Camera {
             recording: OnceLock::new(),
             events,
             oversize_log: RateLimit::new(REPEAT_EVERY),
+            demand: DemandState {
+                idle_stop: None,
+                epoch: Instant::now(),
+                holders: AtomicUsize::new(0),
+                wanted_ms: AtomicU64::new(0),
+                lock: Mutex::new(()),
+                wake: Condvar::new(),
+            },
         }
+    }
+
+    /// Capture on demand: stop capturing after `idle_stop` without anyone wanting frames.
+    pub fn with_idle_stop(mut self, idle_stop: Option<Duration>) -> Camera {
+        self.demand.idle_stop = idle_stop.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// A snapshot (or anything that wants one frame soon) wants this camera: wakes an idle capture.
+    pub fn want_once(&self) {
+        let d = &self.demand;
+        let now = d.epoch.elapsed().as_millis() as u64;
+        d.wanted_ms.fetch_max(now, Ordering::AcqRel);
+        if d.idle_stop.is_some() {
+            let _g = d.lock.lock();
+            d.wake.notify_all();
+        }
+    }
+
+    /// A consumer wants frames until it drops the guard (stream sessions, the recorder).
+    pub fn demand(self: &Arc<Self>) -> Demand {
+        self.demand.holders.fetch_add(1, Ordering::AcqRel);
+        self.want_once();
+        Demand(Arc::clone(self))
+    }
+
+    /// Nobody has wanted frames for `idle_stop`.
+    fn idle_due(&self) -> bool {
+        let d = &self.demand;
+        let Some(after) = d.idle_stop else {
+            return false;
+        };
+        let since = d.epoch.elapsed().as_millis() as u64 - d.wanted_ms.load(Ordering::Acquire);
+        d.holders.load(Ordering::Acquire) == 0 && since >= after.as_millis() as u64
+    }
+
+    /// Parks the capture thread until something wants frames again (true) or the camera stops
+    /// (false). The heartbeat keeps beating: the watchdog never depends on capture running.
+    fn park_idle(&self) -> bool {
+        let d = &self.demand;
+        let idle_at = d.epoch.elapsed().as_millis() as u64;
+        let wanted = || {
+            d.holders.load(Ordering::Acquire) > 0 || d.wanted_ms.load(Ordering::Acquire) > idle_at
+        };
+        loop {
+            self.heartbeat.beat();
+            if self.stopping() {
+                return false;
+            }
+            let Ok(g) = d.lock.lock() else {
+                return !self.stopping();
+            };
+            if wanted() {
+                return true;
+            }
+            let _ = d
+                .wake
+                .wait_timeout_while(g, Duration::from_millis(200), |_| {
+                    !wanted() && !self.stopping()
+                });
+        }
+    }
+
+    fn set_idle(&self) {
+        let after = self.demand.idle_stop.unwrap_or_default();
+        info!(camera = %self.name, idle_stop_s = after.as_secs_f64(),
+              "camera idle: nothing wanted frames; capture stopped until the next viewer");
+        self.events.emit(
+            Some(self.id),
+            Event::CameraIdle {
+                camera: self.name.clone(),
+            },
+        );
+        self.state.store(IDLE, Ordering::Release);
+        self.counters.fps_milli.store(0, Ordering::Relaxed);
     }
 
     /// Stops this camera for good (a reload removed it): the capture thread returns and closes the
@@ -164,6 +276,8 @@ impl Camera {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.frames_tx.send_modify(|_| {});
+        let _g = self.demand.lock.lock();
+        self.demand.wake.notify_all();
     }
 
     /// Shows a relay's upstream counters in this camera's views (the first call wins).
@@ -185,6 +299,7 @@ impl Camera {
         match self.state.load(Ordering::Acquire) {
             ONLINE => CameraState::Online,
             OFFLINE => CameraState::Offline,
+            IDLE => CameraState::Idle,
             _ => CameraState::Starting,
         }
     }
@@ -510,6 +625,15 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
                         }
                     }
                     match r {
+                        Ok(()) if cam.idle_due() => {
+                            source.close();
+                            cam.set_idle();
+                            if !cam.park_idle() {
+                                return;
+                            }
+                            backoff.reset();
+                            break;
+                        }
                         Ok(()) => {}
                         Err(SourceError::InvalidFrame(why)) => {
                             cam.count_invalid();
@@ -526,6 +650,20 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
             Err(e) => cam.set_offline(&e.to_string()),
         }
         cam.counters.fps_milli.store(0, Ordering::Relaxed);
+        if cam.state() == CameraState::Idle {
+            // Woken from idle: open again at once.
+            continue;
+        }
+        if cam.idle_due() {
+            // Offline and nobody wants it: stop retrying until someone does.
+            source.close();
+            cam.set_idle();
+            if !cam.park_idle() {
+                return;
+            }
+            backoff.reset();
+            continue;
+        }
         // Offline: viewers stay connected and see "NO SIGNAL" about once a second.
         placeholder_due(&cam);
         if !wait_until(&cam, Instant::now() + backoff.next_delay()) {

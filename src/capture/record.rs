@@ -119,6 +119,8 @@ impl Recorder {
 
     /// The recording thread's body: until the camera stops.
     pub fn run(mut self) {
+        // A recording camera always wants frames: it never goes idle.
+        let _demand = self.cam.demand();
         if let Err(e) = fs::create_dir_all(&self.root) {
             self.counters
                 .error(format!("cannot create {}: {e}", self.root.display()));

@@ -3,7 +3,7 @@
 //! Every field has a documented default, unknown keys are refused, and every error names the key and
 //! the reason in one line (`config/beltcam.example.toml` shows them all).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,6 +98,13 @@ pub struct LimitsConfig {
     /// a configuration above it is refused. Default 200: the shipped unit's `MemoryMax=256M` less
     /// headroom for what is not itemised.
     pub memory_budget_mb: u64,
+    /// Reverse proxies (exact addresses) whose `Forwarded` / `X-Forwarded-For` name the client:
+    /// per-address limits, `/sessions` and the admin loopback rule then apply to that client.
+    /// Their own connections are exempt from `connects_per_minute`. Default none (at most 64).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Monitoring hosts (exact addresses) exempt from `connects_per_minute` (pollers that do not
+    /// keep connections alive). Default none (at most 64).
+    pub monitoring: Vec<IpAddr>,
 }
 
 impl Default for LimitsConfig {
@@ -107,6 +114,8 @@ impl Default for LimitsConfig {
             connects_per_minute: 120,
             max_event_subscribers: 32,
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
+            trusted_proxies: Vec::new(),
+            monitoring: Vec::new(),
         }
     }
 }
@@ -156,6 +165,10 @@ pub struct CameraConfig {
     /// Encode worker threads for raw (non-MJPEG) V4L2 formats (1..=8). Default 2.
     #[serde(default = "default_encode_workers")]
     pub encode_workers: usize,
+    /// Capture on demand: stop capturing after this many seconds without a viewer, snapshot or
+    /// recorder wanting frames (0: always on, the default); the next one starts it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_stop_s: f64,
     /// `[camera.record]`: keep frames on disk. Default: not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordConfig>,
@@ -181,6 +194,10 @@ pub struct RecordConfig {
     /// Pause recording while the file system has less free than this many MiB. Default 256.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_record_fps() -> f64 {
@@ -269,6 +286,7 @@ impl CameraConfig {
             quality: default_quality(),
             buffers: default_buffers(),
             encode_workers: default_encode_workers(),
+            idle_stop_s: 0.0,
             record: None,
         }
     }
@@ -304,6 +322,9 @@ pub struct Settings {
     pub max_clients_per_ip: usize,
     pub connects_per_minute: u32,
     pub max_event_subscribers: usize,
+    /// `[limits] trusted_proxies` and `monitoring` (see `LimitsConfig`).
+    pub trusted_proxies: Vec<IpAddr>,
+    pub monitoring: Vec<IpAddr>,
     pub auth: AuthConfig,
     pub cameras: Vec<CameraSettings>,
     /// The worst-case memory of this configuration, and the budget it was checked against.
@@ -317,6 +338,8 @@ pub struct CameraSettings {
     pub source: SourceSpec,
     pub quality: u8,
     pub v4l2: V4l2Options,
+    /// Capture on demand (`idle_stop_s`); `None`: always on.
+    pub idle_stop: Option<Duration>,
     pub record: Option<RecordSettings>,
 }
 
@@ -460,6 +483,17 @@ impl Config {
                 format!("must be {MIN_MEMORY_BUDGET_MB}..={MAX_MEMORY_BUDGET_MB}"),
             ));
         }
+        for (key, list) in [
+            ("limits.trusted_proxies", &l.trusted_proxies),
+            ("limits.monitoring", &l.monitoring),
+        ] {
+            if list.len() > MAX_LISTED_ADDRESSES {
+                return Err(err(
+                    key,
+                    format!("at most {MAX_LISTED_ADDRESSES} addresses"),
+                ));
+            }
+        }
         if l.max_event_subscribers == 0 || l.max_event_subscribers > MAX_EVENT_SUBSCRIBERS {
             return Err(err(
                 "limits.max_event_subscribers",
@@ -489,11 +523,19 @@ impl Config {
             };
             v4l2.validate().map_err(|(k, r)| err(key(k), r))?;
             let record = c.record.as_ref().map(|r| r.validate(key)).transpose()?;
+            if !(c.idle_stop_s.is_finite() && (0.0..=86_400.0).contains(&c.idle_stop_s)) {
+                return Err(err(
+                    key("idle_stop_s"),
+                    format!("must be 0..=86400 seconds (got {})", c.idle_stop_s),
+                ));
+            }
+            let idle_stop = (c.idle_stop_s > 0.0).then(|| Duration::from_secs_f64(c.idle_stop_s));
             cameras.push(CameraSettings {
                 name: c.name.clone(),
                 source,
                 quality: c.quality,
                 v4l2,
+                idle_stop,
                 record,
             });
         }
@@ -529,6 +571,8 @@ impl Config {
             max_clients_per_ip: l.max_clients_per_ip,
             connects_per_minute: l.connects_per_minute,
             max_event_subscribers: l.max_event_subscribers,
+            trusted_proxies: l.trusted_proxies.iter().map(|a| a.to_canonical()).collect(),
+            monitoring: l.monitoring.iter().map(|a| a.to_canonical()).collect(),
             auth: self.auth.clone(),
             cameras,
             budget,
@@ -536,6 +580,9 @@ impl Config {
         })
     }
 }
+
+/// Longest `[limits] trusted_proxies` or `monitoring` list (each is searched per connection).
+pub const MAX_LISTED_ADDRESSES: usize = 64;
 
 /// Bounds of `[limits] memory_budget_mb`.
 pub const MIN_MEMORY_BUDGET_MB: u64 = 16;
@@ -655,6 +702,31 @@ mod tests {
         let text = include_str!("../../config/beltcam.example.toml");
         let s = Config::parse(text).unwrap().validate().unwrap();
         assert!(!s.cameras.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_and_monitoring_are_bounded_address_lists() {
+        let s = Config::parse(
+            "[limits]\ntrusted_proxies = [\"127.0.0.2\", \"::ffff:10.0.0.1\", \"::1\"]\nmonitoring = [\"10.1.1.1\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let ips: Vec<IpAddr> = ["127.0.0.2", "10.0.0.1", "::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            s.trusted_proxies, ips,
+            "IPv4-mapped addresses are canonical"
+        );
+        assert_eq!(s.monitoring, vec!["10.1.1.1".parse::<IpAddr>().unwrap()]);
+        let e = Config::parse("[limits]\nmonitoring = [\"10.1.1\"]\n").unwrap_err();
+        assert!(e.to_string().contains("monitoring"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"10.0.0.{i}\"")).collect();
+        let text = format!("[limits]\ntrusted_proxies = [{}]\n", many.join(", "));
+        let e = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("limits.trusted_proxies"), "{e}");
     }
 
     #[test]

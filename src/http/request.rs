@@ -28,6 +28,13 @@ pub struct Request {
     pub keep_alive: bool,
     /// The `Authorization` header's value.
     pub authorization: Option<String>,
+    /// The `User-Agent` says `Mozilla/` (every browser does): a stream gets the next part's
+    /// headers in advance (see `multipart`).
+    pub browser: bool,
+    /// `Forwarded` and `X-Forwarded-For`, each header's lines joined with `, ` (believed only from
+    /// a trusted proxy: `admit::forwarded`).
+    pub forwarded: Option<String>,
+    pub x_forwarded_for: Option<String>,
     /// Bytes of the head, so a pipelined next request can be found after it.
     pub head_len: usize,
     /// Declared body length (bodies are not used; a body is skipped or refused).
@@ -99,6 +106,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
     let version = req.version.unwrap_or(0);
     let mut keep_alive = version == 1;
     let mut authorization = None;
+    let mut browser = false;
+    let mut forwarded: Option<String> = None;
+    let mut x_forwarded_for: Option<String> = None;
     let mut content_length = None;
     let mut hosts = 0;
     for h in req.headers.iter() {
@@ -114,6 +124,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
             }
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = std::str::from_utf8(h.value).ok().map(str::to_owned);
+        } else if h.name.eq_ignore_ascii_case("forwarded") {
+            append_list(&mut forwarded, h.value);
+        } else if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            append_list(&mut x_forwarded_for, h.value);
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            browser = h.value.starts_with(b"Mozilla/");
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n: usize = std::str::from_utf8(h.value)
                 .ok()
@@ -146,9 +162,24 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         query,
         keep_alive,
         authorization,
+        browser,
+        forwarded,
+        x_forwarded_for,
         head_len,
         content_length,
     }))
+}
+
+/// Appends one line of a list-valued header (RFC 9110 §5.3: lines combine with commas).
+fn append_list(list: &mut Option<String>, value: &[u8]) {
+    let v = String::from_utf8_lossy(value);
+    match list {
+        Some(l) => {
+            l.push_str(", ");
+            l.push_str(v.trim());
+        }
+        None => *list = Some(v.trim().to_owned()),
+    }
 }
 
 /// The origin-form part (`/path?query`) of a request target. Absolute-form (`http://host/path`)

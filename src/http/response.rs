@@ -126,8 +126,9 @@ pub fn snapshot_head(jpeg_len: usize, timestamp_us: u64, seq: u64, close: bool) 
     head(200, "image/jpeg", Some(jpeg_len), &extra, NO_STORE, close).into_bytes()
 }
 
-/// The response head of a stream; for GET (`head_only` false) followed by the first boundary line,
-/// which is body: a HEAD response carries none.
+/// The response head of a stream; for GET (`head_only` false) followed by the first boundary
+/// (body: a HEAD response carries none), without its CRLF, which the first part brings (see
+/// `multipart`).
 pub fn stream_head(head_only: bool) -> String {
     let mut h = head(
         200,
@@ -142,7 +143,6 @@ pub fn stream_head(head_only: bool) -> String {
     if !head_only {
         h.push_str("--");
         h.push_str(BOUNDARY);
-        h.push_str("\r\n");
     }
     h
 }

@@ -26,6 +26,10 @@ pub enum Event {
         camera: String,
         reason: String,
     },
+    /// Capture stopped for want of viewers (capture on demand); the next one starts it.
+    CameraIdle {
+        camera: String,
+    },
     SessionOpened {
         id: u64,
         peer: String,
@@ -53,7 +57,9 @@ impl Event {
     /// The SSE `event:` name.
     pub fn kind(&self) -> &'static str {
         match self {
-            Event::CameraOnline { .. } | Event::CameraOffline { .. } => "camera",
+            Event::CameraOnline { .. } | Event::CameraOffline { .. } | Event::CameraIdle { .. } => {
+                "camera"
+            }
             Event::SessionOpened { .. } | Event::SessionClosed { .. } => "session",
             Event::Stats { .. } => "stats",
         }
@@ -68,6 +74,7 @@ impl Event {
             Event::CameraOffline { camera, reason } => {
                 json!({"camera": camera, "state": "offline", "reason": reason})
             }
+            Event::CameraIdle { camera } => json!({"camera": camera, "state": "idle"}),
             Event::SessionOpened {
                 id,
                 peer,

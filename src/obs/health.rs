@@ -151,6 +151,8 @@ pub fn camera_verdict(cam: &CameraView) -> (Status, String) {
         return (Status::Degraded, "recording paused: disk low".into());
     }
     match (cam.state, cam.last_frame_age) {
+        // Capture on demand: stopped for want of viewers, which is fine.
+        (CameraState::Idle, _) => (Status::Ok, String::new()),
         // A camera that delivers but loses frames (larger than a slot) says why.
         (CameraState::Online | CameraState::Starting, _) if !cam.reason.is_empty() => {
             (Status::Degraded, cam.reason.clone())

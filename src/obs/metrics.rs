@@ -222,6 +222,13 @@ pub fn render(snap: &Snapshot) -> String {
     );
     family(
         o,
+        "beltcam_camera_idle",
+        "gauge",
+        "1 while capture is stopped for want of viewers (idle_stop_s); not a fault.",
+        &per_cam(&|c| V::I((c.state == CameraState::Idle) as u64)),
+    );
+    family(
+        o,
         "beltcam_camera_clients",
         "gauge",
         "Stream sessions per camera.",
@@ -381,6 +388,7 @@ mod tests {
             "beltcam_camera_negotiated_fps{camera=\"back\"} 0",
             "beltcam_pool_reclaimed_total{camera=\"front\"} 1",
             "beltcam_camera_online{camera=\"back\"} 0",
+            "beltcam_camera_idle{camera=\"back\"} 0",
             "beltcam_camera_clients{camera=\"front\"} 3",
             "beltcam_sessions_rejected_total{reason=\"full\"} 4",
             "beltcam_sessions_rejected_total{reason=\"rate\"} 5",
@@ -402,6 +410,8 @@ mod tests {
             families,
             text.lines().filter(|l| l.starts_with("# HELP ")).count()
         );
-        assert_eq!(families, 25);
+        // (25 before capture on demand added beltcam_camera_idle; relay and recording families
+        // appear only for cameras that have them.)
+        assert_eq!(families, 26);
     }
 }

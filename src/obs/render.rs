@@ -154,9 +154,9 @@ fn whole_fps(fps: f64) -> u32 {
 ///   publishes every valid captured frame to the stream; "NO SIGNAL" placeholders do not count).
 /// - `source.desired_fps`: the configured rate, else the negotiated one.
 /// - `clients_stat`: one entry per stream session, keyed by the session id `/sessions` shows, with
-///   the frames sent to it in the last whole second. beltcam does not implement ustreamer's stream
-///   options (`extra_headers`, `advance_headers`, `dual_final_frames`, `zero_data`, `key`), so the
-///   flags are `false` and the key `"0"` (ustreamer's value for a client without one).
+///   the frames sent to it in the last whole second and its stream options (`extra_headers`,
+///   `advance_headers` as in effect, so `true` for a browser that did not ask, `dual_final_frames`,
+///   `zero_data`, `key`: `"0"` when none was given, as in ustreamer).
 pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
     let cam = snap.cameras.get(camera)?;
     let (enc_type, quality) = if cam.info.passthrough {
@@ -173,11 +173,11 @@ pub fn ustreamer_state(snap: &Snapshot, camera: usize) -> Option<Value> {
         .map(|c| {
             let stat = json!({
                 "fps": c.fps,
-                "extra_headers": false,
-                "advance_headers": false,
-                "dual_final_frames": false,
-                "zero_data": false,
-                "key": "0",
+                "extra_headers": c.options.extra_headers,
+                "advance_headers": c.options.advance_headers,
+                "dual_final_frames": c.options.dual_final_frames,
+                "zero_data": c.options.zero_data,
+                "key": c.options.key.as_deref().unwrap_or("0"),
             });
             (c.id.to_string(), stat)
         })
@@ -304,11 +304,13 @@ pub(crate) mod tests {
                     id: 7,
                     camera: 0,
                     fps: 30,
+                    ..Default::default()
                 },
                 ClientStat {
                     id: 9,
                     camera: 0,
                     fps: 12,
+                    ..Default::default()
                 },
             ],
             server: ServerCounts {

@@ -14,6 +14,8 @@ pub enum CameraState {
     Starting,
     Online,
     Offline,
+    /// Capture stopped because nothing wanted frames for `idle_stop_s` (capture on demand).
+    Idle,
 }
 
 impl CameraState {
@@ -22,6 +24,7 @@ impl CameraState {
             CameraState::Starting => "starting",
             CameraState::Online => "online",
             CameraState::Offline => "offline",
+            CameraState::Idle => "idle",
         }
     }
 }
@@ -163,7 +166,7 @@ pub struct ServerCounts {
 }
 
 /// One stream session as ustreamer's `/state` lists it in `clients_stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientStat {
     /// The session id (the one `/sessions` shows and `DELETE /sessions/ID` takes).
     pub id: u64,
@@ -171,6 +174,19 @@ pub struct ClientStat {
     pub camera: usize,
     /// Frames sent to this session in the last whole second.
     pub fps: u32,
+    /// Its `/stream` options.
+    pub options: ClientOptions,
+}
+
+/// A stream viewer's ustreamer options as `/state` reports them (set from `http::params`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientOptions {
+    pub extra_headers: bool,
+    /// As in effect (on by default for browsers).
+    pub advance_headers: bool,
+    pub dual_final_frames: bool,
+    pub zero_data: bool,
+    pub key: Option<String>,
 }
 
 /// The session table's figures.

@@ -12,6 +12,7 @@ use tracing::debug;
 use super::respond::{refuse, send};
 use super::{admin, deliver, page, sse, Count, Server};
 use crate::admit::auth::{Auth, Denied};
+use crate::admit::forwarded;
 use crate::admit::ipguard::Refusal;
 use crate::admit::pending::PendingPlace;
 use crate::http::request::{self, Method, ParseError, Request};
@@ -40,7 +41,19 @@ pub async fn handle<C: Conn>(
     peer: SocketAddr,
     pending: PendingPlace,
 ) {
-    if let Err(Refusal::Rate { retry_after_s }) = app.guard.on_connect(peer.ip()) {
+    // Monitoring hosts and trusted proxies (whose viewers all share its address) are not rate
+    // limited per connection.
+    let exempt = {
+        let s = &app.live().settings;
+        let ip = peer.ip().to_canonical();
+        s.monitoring.contains(&ip) || s.trusted_proxies.contains(&ip)
+    };
+    let rate = if exempt {
+        Ok(())
+    } else {
+        app.guard.on_connect(peer.ip())
+    };
+    if let Err(Refusal::Rate { retry_after_s }) = rate {
         let r = Response::error(429, "too many connections from this address")
             .header("Retry-After", retry_after_s);
         refuse(&app, &mut conn, r).await;
@@ -99,8 +112,10 @@ pub async fn handle<C: Conn>(
         // This request runs on the configuration in force now, to its end (a reload applies to
         // the requests after it).
         let live = app.live();
+        // Behind a trusted proxy, the client it names (limits, `/sessions`, admin's loopback rule).
+        let client = forwarded::client(peer, &live.settings.trusted_proxies, &req);
         let routed = route(&req, |n| live.position(n));
-        let resp = match routed.map(|r| (r, authorize(&live.auth, r, peer, &req))) {
+        let resp = match routed.map(|r| (r, authorize(&live.auth, r, client, &req))) {
             Ok((_, Some(denied))) => {
                 app.count(Count::RejectedAuth);
                 Some(denied)
@@ -113,17 +128,17 @@ pub async fn handle<C: Conn>(
                 let cam = Arc::clone(&live.cameras[pos]);
                 let send_timeout = live.settings.send_timeout;
                 drop(live);
-                deliver::stream(&app, conn, peer, cam, send_timeout, head_only).await;
+                deliver::stream(&app, conn, client, cam, send_timeout, &req).await;
                 return;
             }
             Ok((Route::Events, None)) => {
                 drop(pending); // the subscriber limit bounds it from here
-                sse::route(&app, &mut conn, &req, peer).await;
+                sse::route(&app, &mut conn, &req, client).await;
                 return;
             }
             Ok((Route::Snapshot(pos), None)) => {
                 let cam = &live.cameras[pos];
-                if deliver::snapshot(&app, &live.settings, &mut conn, cam, head_only, close).await {
+                if deliver::snapshot(&app, &live.settings, &mut conn, cam, &req, close).await {
                     None
                 } else {
                     return;

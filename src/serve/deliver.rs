@@ -11,20 +11,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::debug;
 
 use super::respond::{refuse, send};
 use super::{Count, Server};
 use crate::capture::{now_us, Camera};
 use crate::config::Settings;
+use crate::http::multipart::{custom_part_header, ExtraHeaders, ADVANCE_HEADERS, PART_TRAILER};
+use crate::http::params::{self, StreamParams};
+use crate::http::request::{Method, Request};
 use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
 use crate::obs::events::Event;
 use crate::pool::LeaseBuf;
 use crate::shutdown::triggered;
 
-/// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh.
+/// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh: no older
+/// than the snapshot timeout, or than `?max_delay=MS` when the request says (camera-streamer's
+/// parameter; `0` takes whatever real frame is newest now). The wait is bounded by the snapshot
+/// timeout either way.
 ///
 /// The lease is taken only once the socket has drained (a pipelining client that stopped reading
 /// holds nothing), and the write that owns it also watches its revocation: when the pool runs short
@@ -34,16 +40,29 @@ pub async fn snapshot<C: Conn>(
     settings: &Settings,
     conn: &mut C,
     cam: &Camera,
-    head_only: bool,
+    req: &Request,
     close: bool,
 ) -> bool {
-    // Fresh is judged against the camera's own frame interval: a 0.2 fps camera's newest frame is
-    // up to 5 s old and still current. The wait for one stays the configured timeout.
-    let period = cam.spec.nominal_fps().map_or(0.0, |fps| 1.0 / fps);
-    let max_age = settings
-        .snapshot_timeout
-        .max(Duration::from_secs_f64(3.0 * period));
+    // Fresh by default is judged against the camera's own frame interval: a 0.2 fps camera's
+    // newest frame is up to 5 s old and still current. `?max_delay=MS` sets it instead. The wait
+    // for one stays the configured timeout.
     let send_timeout = settings.send_timeout;
+    let head_only = req.method == Method::Head;
+    let max_age = match params::snapshot_max_delay(req) {
+        Ok(None) => {
+            let period = cam.spec.nominal_fps().map_or(0.0, |fps| 1.0 / fps);
+            settings
+                .snapshot_timeout
+                .max(Duration::from_secs_f64(3.0 * period))
+        }
+        Ok(Some(Duration::ZERO)) => Duration::MAX,
+        Ok(Some(d)) => d,
+        Err(why) => {
+            let mut r = Response::error(400, &why);
+            r.close = close;
+            return send(app, conn, r.render(head_only)).await;
+        }
+    };
     let deadline = Instant::now() + settings.snapshot_timeout;
     net::set_notsent_lowat(conn.raw_fd());
     if timeout(send_timeout, conn.drained())
@@ -52,14 +71,16 @@ pub async fn snapshot<C: Conn>(
     {
         return false;
     }
+    // An idle camera (capture on demand) starts now.
+    cam.want_once();
     let mut rx = cam.subscribe();
     let lease = loop {
         if let Some(l) = cam.pool.lease_newest() {
             // The "NO SIGNAL" placeholder is for people watching a stream; a snapshot consumer
             // (an ML process) must learn that there is no picture, not get one.
             let real = !l.meta().is_placeholder();
-            if real && now_us().saturating_sub(l.meta().timestamp_us) <= max_age.as_micros() as u64
-            {
+            let age = now_us().saturating_sub(l.meta().timestamp_us);
+            if real && u128::from(age) <= max_age.as_micros() {
                 break Some(l);
             }
         }
@@ -69,11 +90,15 @@ pub async fn snapshot<C: Conn>(
         }
     };
     let Some(lease) = lease else {
-        let why = format!(
-            "no frame newer than {} ms from camera {}",
-            max_age.as_millis(),
-            cam.name
-        );
+        let why = if max_age == Duration::MAX {
+            format!("no frame from camera {}", cam.name)
+        } else {
+            format!(
+                "no frame newer than {} ms from camera {}",
+                max_age.as_millis(),
+                cam.name
+            )
+        };
         let mut r = Response::error(503, &why).header("Retry-After", 1);
         r.close = close;
         return send(app, conn, r.render(head_only)).await;
@@ -114,19 +139,37 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
+/// How long a frame already being written when the server stops may take to finish: a client
+/// that reconnects (ffmpeg's `-reconnect_at_eof`) then resumes at a part boundary.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// A stream session: one frame at a time, always the newest, only once the socket has drained.
+///
+/// Options (`StreamParams`): with none, each frame is the pool's shared part, one write. Otherwise
+/// the part is assembled around the leased JPEG: a per-session header (`extra_headers`,
+/// `zero_data`), or for `advance_headers` (browsers) the JPEG, its trailer and the next part's
+/// headers. `fps=N` paces the session on a grid of 1/N s: it waits for the next slot, then sends
+/// the newest frame it has not sent yet, so frames are evenly spaced and always the newest.
 pub async fn stream<C: Conn>(
     app: &Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
     cam: Arc<Camera>,
     send_timeout: Duration,
-    head_only: bool,
+    req: &Request,
 ) {
-    if head_only {
+    let params = match StreamParams::parse(req) {
+        Ok(p) => p.resolve(req.browser),
+        Err(why) => {
+            refuse(app, &mut conn, Response::error(400, &why)).await;
+            return;
+        }
+    };
+    if req.method == Method::Head {
         send(app, &mut conn, stream_head(true).into_bytes()).await;
         return;
     }
+    let advance = params.advance_headers == Some(true);
     // Declared first so it drops last: the session leaves the table (and its IP place is given
     // back) before the peer sees the connection end.
     let _shut = ShutdownOnDrop(conn.raw_fd());
@@ -147,6 +190,7 @@ pub async fn stream<C: Conn>(
             return;
         }
     };
+    session.counters.set_options(params.reported());
     app.events.emit(
         Some(cam.id),
         Event::SessionOpened {
@@ -157,19 +201,38 @@ pub async fn stream<C: Conn>(
         },
     );
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
+    // Capture runs while any session wants frames (capture on demand).
+    let _demand = cam.demand();
     let typical = cam
         .pool
         .lease_newest()
         .map_or(256 * 1024, |l| l.meta().jpeg_len());
     net::tune_for_stream(conn.raw_fd(), typical);
-    if !send(app, &mut conn, stream_head(false).into_bytes()).await {
+    let mut head = stream_head(false).into_bytes();
+    if advance {
+        head.extend_from_slice(ADVANCE_HEADERS);
+    }
+    if !send(app, &mut conn, head).await {
         return;
     }
     let counters = &session.counters;
     let mut frames = cam.subscribe();
     let mut shutdown = app.shutdown.subscribe();
     let mut last = 0u64;
+    // Reused for per-session part headers and trailers (owned: an io_uring write owns its buffer).
+    let mut scratch: Vec<u8> = Vec::with_capacity(if params.extra_headers { 640 } else { 64 });
+    let period = params
+        .fps
+        .map(|n| Duration::from_secs_f64(1.0 / f64::from(n)));
+    let mut due = Instant::now();
     let reason = 'session: loop {
+        if period.is_some() {
+            tokio::select! {
+                () = sleep_until(due) => {}
+                _ = triggered(&mut shutdown) => break 'session "shutdown",
+                _ = counters.closed() => break 'session "closed by admin",
+            }
+        }
         while cam.pool.newest_seq() <= last {
             if cam.is_retired() {
                 break 'session "camera removed";
@@ -183,24 +246,83 @@ pub async fn stream<C: Conn>(
         if cam.is_retired() {
             break "camera removed";
         }
+        let started = Instant::now();
+        let prev = last;
         let send_one = timeout(send_timeout, async {
             conn.drained().await?;
-            let Some(lease) = cam.pool.lease_after(last) else {
+            let Some(lease) = cam.pool.lease_after(prev) else {
                 return Ok::<_, io::Error>(None);
             };
-            let (seq, n) = (lease.seq(), lease.part().len());
+            let seq = lease.seq();
             // Draining first keeps leases short for viewers that read; a peer that stopped
             // reading mid-frame holds its lease until the pool runs short and revokes it.
             let revocation = lease.revocation();
-            tokio::select! {
-                r = conn.write_lease(LeaseBuf::part(lease)) => r?,
+            let write = async {
+                if params.plain() {
+                    let n = lease.part().len();
+                    conn.write_lease(LeaseBuf::part(lease)).await?;
+                    return Ok::<_, io::Error>(n);
+                }
+                let m = *lease.meta();
+                let mut n = 0;
+                let mut buf = std::mem::take(&mut scratch);
+                if !advance {
+                    let extra = params.extra_headers.then(|| ExtraHeaders {
+                        online: !m.is_placeholder(),
+                        dropped: if prev == 0 {
+                            0
+                        } else {
+                            seq.saturating_sub(prev + 1)
+                        },
+                        width: m.width,
+                        height: m.height,
+                        client_fps: counters.fps(),
+                        now_us: now_us(),
+                    });
+                    let len = if params.zero_data { 0 } else { m.jpeg_len() };
+                    buf.clear();
+                    custom_part_header(&mut buf, len, m.timestamp_us, seq, extra.as_ref());
+                    n += buf.len();
+                    let (r, b) = conn.write_all(buf).await;
+                    r?;
+                    buf = b;
+                }
+                if params.zero_data {
+                    drop(lease);
+                } else {
+                    n += m.jpeg_len();
+                    conn.write_lease(LeaseBuf::jpeg(lease)).await?;
+                }
+                buf.clear();
+                buf.extend_from_slice(PART_TRAILER);
+                if advance {
+                    buf.extend_from_slice(ADVANCE_HEADERS);
+                }
+                n += buf.len();
+                let (r, b) = conn.write_all(buf).await;
+                r?;
+                scratch = b;
+                Ok(n)
+            };
+            let n = tokio::select! {
+                r = write => r?,
                 () = revocation.revoked() => return Err(io::Error::other(REVOKED)),
-            }
+            };
             Ok(Some((seq, n)))
         });
+        let mut send_one = std::pin::pin!(send_one);
+        let mut stopping = None;
         let res = tokio::select! {
-            r = send_one => r,
-            _ = triggered(&mut shutdown) => break "shutdown",
+            r = &mut send_one => r,
+            _ = triggered(&mut shutdown) => {
+                // Stopping: a frame already on its way is finished (briefly), so the stream ends
+                // at a part boundary and a reconnecting client's parser stays in step.
+                stopping = Some("shutdown");
+                match timeout(STOP_GRACE, &mut send_one).await {
+                    Ok(r) => r,
+                    Err(_) => break "shutdown",
+                }
+            }
             _ = counters.closed() => break "closed by admin",
         };
         match res {
@@ -220,7 +342,15 @@ pub async fn stream<C: Conn>(
                 last = seq;
                 counters.record_frame(n, skipped);
                 app.count_bytes(n);
+                if let Some(p) = period {
+                    // A whole period after this frame went out (`started` is never before `due`):
+                    // consecutive frames are at least 1/N s apart, even after a pause.
+                    due = started + p;
+                }
             }
+        }
+        if let Some(why) = stopping {
+            break why;
         }
     };
     let (frames_sent, bytes_sent, frames_skipped) = counters.totals();
