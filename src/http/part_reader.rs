@@ -437,6 +437,17 @@ mod tests {
     }
 
     #[test]
+    fn beltcam_framing_line_break_sent_with_the_next_part() {
+        // The body starts with the delimiter; its line break goes out with the next part.
+        let s = b"--b\r\nContent-Type: image/jpeg\r\nContent-Length: 3\r\n\r\nabc\r\n--b\
+                  \r\nContent-Type: image/jpeg\r\nContent-Length: 2\r\n\r\nde\r\n--b";
+        assert_eq!(all_chunkings("b", 100, s), ["part:abc", "part:de"]);
+        // A part is out as soon as its body is in, not when the next one starts.
+        let first = b"--b\r\nContent-Length: 3\r\n\r\nabc\r\n--b";
+        assert_eq!(run("b", 100, first, usize::MAX), ["part:abc"]);
+    }
+
+    #[test]
     fn delimiter_before_each_part_without_length_and_lf_only() {
         let s = b"\r\n--b\nContent-Type: image/jpeg\n\nabc\n--b\n\nxyz\r\n--b--\r\n";
         assert_eq!(all_chunkings("b", 100, s), ["part:abc", "part:xyz", "end"]);
