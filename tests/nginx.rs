@@ -272,6 +272,21 @@ fn request(
     (code, head, r)
 }
 
+/// A whole response through nginx (`Connection: close`; the body de-chunked when it is chunked).
+fn fetch(port: u16, path: &str) -> (u16, String, Vec<u8>) {
+    let (code, head, sock) = request("127.0.0.1", port, path, "Connection: close\r\n", 0);
+    let chunked = header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let mut body = Vec::new();
+    Body {
+        sock,
+        chunked,
+        left: 0,
+    }
+    .read_to_end(&mut body)
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    (code, head, body)
+}
+
 impl ProxiedViewer {
     fn open(src: &str, port: u16, path: &str, extra: &str, rate: usize) -> ProxiedViewer {
         let (code, head, sock) = request(src, port, path, extra, rate);
@@ -459,11 +474,10 @@ fn the_page_and_the_crowsnest_urls_work_under_the_prefix() {
     let d = beltcam_behind_nginx("synthetic:160x120@10", &dir);
     let nginx = Nginx::start(&dir, d.port, |s| s);
 
-    let (code, head, body) = get(nginx.port, "/webcam/").unwrap();
+    let (code, head, body) = fetch(nginx.port, "/webcam/");
     assert_eq!(code, 200, "{head}");
     let page = String::from_utf8_lossy(&body).to_string();
-    let page = page.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace());
-    let links = links(page);
+    let links = links(&page);
     assert!(links.len() >= 4, "the page links the endpoints: {page}");
     for link in &links {
         assert!(
@@ -475,7 +489,7 @@ fn the_page_and_the_crowsnest_urls_work_under_the_prefix() {
         assert_eq!(code, 200, "{path} (linked from /webcam/): {head}");
     }
     // nginx redirects the bare prefix to the page.
-    let (code, head, _) = get(nginx.port, "/webcam").unwrap();
+    let (code, head, _) = fetch(nginx.port, "/webcam");
     assert_eq!(code, 301, "{head}");
     assert!(
         header(&head, "location").is_some_and(|l| l.ends_with("/webcam/")),
@@ -495,7 +509,7 @@ fn the_page_and_the_crowsnest_urls_work_under_the_prefix() {
             let mut v = ProxiedViewer::open("127.0.0.1", nginx.port, url, "", 0);
             decode(&v.next_part().expect("a part").jpeg);
         } else {
-            let (code, head, body) = get(nginx.port, url).unwrap();
+            let (code, head, body) = fetch(nginx.port, url);
             assert_eq!(code, 200, "{url}: {head}");
             assert_eq!(header(&head, "content-type"), Some("image/jpeg"), "{head}");
             decode(&body);
@@ -591,7 +605,7 @@ fn beltcam_headers_keep_a_buffering_nginx_from_holding_frames() {
         ages[1..].iter().all(|&a| a < 0.5),
         "frames through a buffering nginx arrive late: {ages:.3?} s"
     );
-    let (code, head, body) = get(nginx.port, "/webcam/snapshot").unwrap();
+    let (code, head, body) = fetch(nginx.port, "/webcam/snapshot");
     assert_eq!(code, 200, "{head}");
     decode(&body);
     drop(nginx);
