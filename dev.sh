@@ -15,7 +15,7 @@ BUILD_PKGS="libclang-dev cmake nasm pkg-config"
 # (qemu-system-arm; scripts/cross-aarch64.sh runs it), prometheus and promtool (tests/prometheus.rs),
 # the real clients (ffmpeg, Chromium, GStreamer: tests/stream_clients.rs, tests/browser_lag.rs).
 # (the VM tests also download Debian's kernel and tools with apt-get download: they need apt's lists)
-TEST_PKGS="qemu-system-x86 cpio xz-utils zstd bzip2 gcc-12 make systemd mmdebstrap e2fsprogs kmod qemu-system-arm prometheus ffmpeg chromium gstreamer1.0-tools gstreamer1.0-plugins-good"
+TEST_PKGS="qemu-system-x86 cpio xz-utils zstd bzip2 gcc-12 make systemd mmdebstrap e2fsprogs kmod qemu-system-arm prometheus ffmpeg chromium gstreamer1.0-tools gstreamer1.0-plugins-good nginx"
 
 need_pkgs() {
   local missing=()
