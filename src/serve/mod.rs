@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod controls;
 pub mod deliver;
 pub mod page;
 pub mod respond;
