@@ -66,9 +66,6 @@ pub const MAX_LISTENERS: usize = 8;
 /// Serving threads (one io runtime each).
 pub const MAX_SERVING_THREADS: usize = 64;
 
-/// Bytes of a control response (JSON, HTML) rendered per request.
-pub const MAX_CONTROL_RESPONSE: usize = 256 * 1024;
-
 /// Client IPs tracked for per-IP limits. Larger than `MAX_SESSIONS`, so an idle entry to evict
 /// always exists; a power of two (the map's requirement).
 pub const IP_TABLE_CAPACITY: usize = 2048;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::skip;
+use common::{skip, TempDir};
 
 const SERVICE: &str = "systemd/beltcam.service";
 const SOCKET: &str = "systemd/beltcam.socket";
@@ -44,24 +44,6 @@ fn systemd_analyze(test: &str, args: &[&str]) -> Option<Output> {
             None
         }
         Err(e) => panic!("cannot run systemd-analyze: {e}"),
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("beltcam-deploy-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

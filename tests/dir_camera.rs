@@ -5,28 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("beltcam-dircam-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A real JPEG of frame `n` of the synthetic pattern.
-fn pattern_jpeg(n: u64) -> Vec<u8> {
-    use beltcam::capture::encode::{compressor, encode_i420, I420};
-    let mut img = I420::new(160, 120);
-    beltcam::capture::synthetic::render(&mut img, n, "dir");
-    let mut out = vec![0u8; 1 << 20];
-    let len = encode_i420(&mut compressor(80).unwrap(), &img, &mut out).unwrap();
-    out.truncate(len);
-    out
-}
 
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
@@ -46,7 +28,7 @@ fn published(d: &Daemon) -> u64 {
 fn a_file_replaced_by_a_fifo_does_not_block_capture() {
     let dir = temp_dir("fifo");
     for i in 0..3 {
-        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(i)).unwrap();
+        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(160, 120, i)).unwrap();
     }
     let spec = format!("dir:{}@20", dir.display());
     let d = Daemon::start(&["--source", &spec]);
@@ -97,7 +79,7 @@ fn a_folder_with_one_empty_file_stays_offline_without_flapping() {
 #[test]
 fn a_transient_read_error_does_not_blacklist_the_file() {
     let dir = temp_dir("emfile");
-    std::fs::write(dir.join("a.jpg"), pattern_jpeg(1)).unwrap();
+    std::fs::write(dir.join("a.jpg"), pattern_jpeg(160, 120, 1)).unwrap();
     let spec = format!("dir:{}@10", dir.display());
     let d = Daemon::start(&["--source", &spec]);
     assert!(wait_for(Duration::from_secs(10), || published(&d) >= 3));

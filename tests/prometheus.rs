@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -209,11 +207,11 @@ impl Drop for Prometheus {
 
 /// `GET path` over HTTP/1.0 (Go answers it unchunked and closes): status and body.
 fn get10(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
+    let out = beltcam_testkit::http::exchange(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )?;
     let (code, _, body) = parse_response(&out)?;
     Ok((code, body))
 }

@@ -65,6 +65,25 @@ fn relays_a_beltcam_upstream_over_one_connection_for_every_viewer() {
         Some(1),
         "upstream sessions with 5 relay viewers"
     );
+    // Relayed frames keep the upstream's capture time (X-Timestamp), so latency adds up end to end.
+    let mut direct = Viewer::open(up.port, "/stream");
+    let mut fresh = Viewer::open(relay.port, "/stream");
+    let upstream: Vec<String> = direct
+        .read_for(Duration::from_secs(1))
+        .iter()
+        .map(|p| format!("{:.6}", p.timestamp))
+        .collect();
+    let relayed: Vec<String> = fresh
+        .read_for(Duration::from_millis(500))
+        .iter()
+        .map(|p| format!("{:.6}", p.timestamp))
+        .collect();
+    let shared = relayed.iter().filter(|t| upstream.contains(t)).count();
+    assert!(
+        shared + 2 >= relayed.len().min(upstream.len()) && shared >= 3,
+        "relayed timestamps {relayed:?} vs upstream {upstream:?}"
+    );
+    drop(direct);
     let u = upstream_stats(&relay);
     assert_eq!(u["connected"], true, "{u}");
     assert_eq!(u["connects"], 1, "{u}");

@@ -3,29 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("beltcam-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A real JPEG of frame `n` of the synthetic pattern.
-fn pattern_jpeg(n: u64) -> Vec<u8> {
-    use beltcam::capture::encode::{compressor, encode_i420, I420};
-    let mut img = I420::new(320, 240);
-    beltcam::capture::synthetic::render(&mut img, n, "dir");
-    let mut out = vec![0u8; 1 << 20];
-    let len = encode_i420(&mut compressor(80).unwrap(), &img, &mut out).unwrap();
-    out.truncate(len);
-    out
-}
 
 fn copy_fixture(name: &str, to: &Path) {
     std::fs::copy(data_dir().join(name), to.join(name)).unwrap();
@@ -35,7 +17,7 @@ fn copy_fixture(name: &str, to: &Path) {
 fn dir_camera_passes_files_through_and_skips_broken_ones() {
     let _g = heavy();
     let dir = temp_dir("dir");
-    let files: Vec<Vec<u8>> = (1..=3).map(pattern_jpeg).collect();
+    let files: Vec<Vec<u8>> = (1..=3).map(|n| pattern_jpeg(320, 240, n)).collect();
     for (i, f) in files.iter().enumerate() {
         std::fs::write(dir.join(format!("frame{i}.jpg")), f).unwrap();
     }

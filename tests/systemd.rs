@@ -7,7 +7,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -60,17 +60,7 @@ impl Drop for Notify {
     }
 }
 
-/// Kills the daemon when a test ends, also when it ends in a failed assertion.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) -> Guard {
+fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) -> KillOnDrop {
     let listen = format!("127.0.0.1:{port}");
     Command::new(env!("CARGO_BIN_EXE_beltcam"))
         .args(["--listen", &listen, "--source", "synthetic:160x120@15"])
@@ -82,7 +72,7 @@ fn spawn(notify: &Notify, port: u16, extra_env: &[(&str, &str)], args: &[&str]) 
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map(Guard)
+        .map(KillOnDrop)
         .expect("start beltcam")
 }
 
@@ -226,7 +216,7 @@ fn socket_activation_serves_on_the_passed_socket() {
             Ok(())
         });
     }
-    let mut guard = Guard(cmd.spawn().expect("start beltcam"));
+    let mut guard = KillOnDrop(cmd.spawn().expect("start beltcam"));
     let child = &mut guard.0;
     drop(listener); // the daemon holds the socket now
     assert!(

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{decode, Viewer};
+use common::{decode, record, Viewer};
 use sysvm::SysVm;
-use vm::get_json;
+use vm::{get_json, health_status};
 
 /// The guest's port: beltcam.socket's ListenStream.
 const HTTP: u16 = 8080;
@@ -186,30 +186,6 @@ fn install(vm: &SysVm, log: &mut Log) {
         "installed per README; camera {VIVID}; {}",
         out.lines().next().unwrap_or("")
     ));
-}
-
-fn health_status(port: u16) -> String {
-    get_json(port, "/health")
-        .and_then(|h| h["status"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Frames a viewer received, with when.
-type Seen = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
-
-fn record(mut v: Viewer, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<bool>) {
-    let seen: Seen = Arc::default();
-    let s = Arc::clone(&seen);
-    let h = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            match v.next_part() {
-                Some(p) => s.lock().unwrap().push((p.received, p.jpeg)),
-                None => return false,
-            }
-        }
-        true
-    });
-    (seen, h)
 }
 
 /// `systemctl status` with a viewer connected, then vivid unplugged and replugged under it.

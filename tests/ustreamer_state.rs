@@ -4,29 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("beltcam-state-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A real 160x120 JPEG of frame `n` of the synthetic pattern.
-fn pattern_jpeg(n: u64) -> Vec<u8> {
-    use beltcam::capture::encode::{compressor, encode_i420, I420};
-    let mut img = I420::new(160, 120);
-    beltcam::capture::synthetic::render(&mut img, n, "dir");
-    let mut out = vec![0u8; 1 << 20];
-    let len = encode_i420(&mut compressor(80).unwrap(), &img, &mut out).unwrap();
-    out.truncate(len);
-    out
-}
 
 fn json(port: u16, path: &str) -> Value {
     let (code, head, body) = get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
@@ -81,7 +62,7 @@ fn clients_stat(d: &Value) -> serde_json::Map<String, Value> {
 fn state_is_ustreamers_shape_per_camera_with_live_clients() {
     let dir = temp_dir("two");
     for i in 0..3 {
-        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(i)).unwrap();
+        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(160, 120, i)).unwrap();
     }
     let belt = format!("belt=dir:{}@10", dir.display());
     let d = Daemon::start(&["--source", "front=synthetic:320x240@15", "--source", &belt]);
@@ -178,7 +159,7 @@ fn state_is_ustreamers_shape_per_camera_with_live_clients() {
 fn a_dir_camera_reports_its_jpegs_size() {
     let dir = temp_dir("size");
     for i in 0..2 {
-        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(i)).unwrap();
+        std::fs::write(dir.join(format!("f{i}.jpg")), pattern_jpeg(160, 120, i)).unwrap();
     }
     let spec = format!("belt=dir:{}@20", dir.display());
     let d = Daemon::start(&["--source", &spec]);

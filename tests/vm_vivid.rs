@@ -13,11 +13,11 @@ mod common;
 mod vm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{decode, Viewer};
-use vm::{get_json, Vm};
+use common::{decode, record, Viewer};
+use vm::{get_json, health_status, Vm};
 
 const FPS: f64 = 25.0;
 
@@ -60,34 +60,9 @@ fn vm_skips_allowed_in_ci() -> Vec<&'static str> {
     ]
 }
 
-/// Frames a viewer received, with when.
-type Seen = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
-
-/// Reads the stream on its own thread until `stop`, recording every part.
-fn record(mut v: Viewer, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<bool>) {
-    let seen: Seen = Arc::default();
-    let s = Arc::clone(&seen);
-    let h = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            match v.next_part() {
-                Some(p) => s.lock().unwrap().push((p.received, p.jpeg)),
-                None => return false, // the connection ended
-            }
-        }
-        true
-    });
-    (seen, h)
-}
-
 fn fps_of(parts: &[common::Part]) -> f64 {
     let span = parts[parts.len() - 1].received - parts[0].received;
     (parts.len() - 1) as f64 / span.as_secs_f64()
-}
-
-fn health_status(port: u16) -> String {
-    get_json(port, "/health")
-        .and_then(|h| h["status"].as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn encode_ms(vm: &Vm, log: &str) -> String {
@@ -245,17 +220,12 @@ fn vivid_run(img: &vm::Image) {
 /// Frames for the MJPEG camera: even ones as encoded (with tables), odd ones stripped of their
 /// DHT the way many UVC cameras send them.
 fn mjpeg_frames(dir: &std::path::Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    use beltcam::capture::{dht, encode, synthetic};
+    use beltcam::capture::dht;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let mut img = encode::I420::new(640, 480);
-    let mut c = encode::compressor(80).unwrap();
-    let mut out = vec![0u8; 1 << 21];
     let (mut sent, mut served) = (Vec::new(), Vec::new());
     for n in 0..16 {
-        synthetic::render(&mut img, n, "mjpeg");
-        let len = encode::encode_i420(&mut c, &img, &mut out).unwrap();
-        let full = out[..len].to_vec();
+        let full = common::pattern_jpeg_labeled(640, 480, n, "mjpeg");
         let frame = if n % 2 == 1 {
             dht::strip_dht(&full).unwrap()
         } else {

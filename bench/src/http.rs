@@ -4,52 +4,16 @@
 //! Every call is bounded in time and size; these run a handful of times per configuration, so
 //! simplicity beats speed here.
 
-use crate::multipart::{split_header, Parser};
+use crate::multipart::Parser;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-const MAX_BODY: usize = 32 << 20;
-
 /// `GET path` with `Connection: close`; returns the status and body.
 pub fn get(addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let deadline = Instant::now() + timeout;
-    let mut s = connect(addr, path, timeout)?;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let mut head_end = None;
-    loop {
-        if Instant::now() > deadline {
-            return Err(format!("GET {path}: timed out"));
-        }
-        let n = match s.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => return Err(format!("GET {path}: {e}")),
-        };
-        data.extend_from_slice(&buf[..n]);
-        if head_end.is_none() {
-            head_end = data
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|i| i + 4);
-        }
-        if let Some(h) = head_end {
-            let (status, len) = parse_head(&data[..h]).ok_or(format!("GET {path}: bad head"))?;
-            if let Some(len) = len {
-                if data.len() >= h + len {
-                    return Ok((status, data[h..h + len].to_vec()));
-                }
-            }
-            if n == 0 {
-                return Ok((status, data[h..].to_vec()));
-            }
-        } else if n == 0 {
-            return Err(format!("GET {path}: closed before the response head"));
-        }
-        if data.len() > MAX_BODY {
-            return Err(format!("GET {path}: response larger than {MAX_BODY} bytes"));
-        }
-    }
+    beltcam_testkit::http::get(SocketAddr::V4(addr), path, timeout)
+        .map(|(status, _, body)| (status, body))
+        .map_err(|e| format!("GET {path}: {e}"))
 }
 
 fn connect(addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<TcpStream, String> {
@@ -59,21 +23,9 @@ fn connect(addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<TcpStrea
     s.set_read_timeout(per_op)
         .and_then(|_| s.set_write_timeout(per_op))
         .map_err(|e| format!("socket timeout: {e}"))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
+    s.write_all(beltcam_testkit::http::get_request(path).as_bytes())
         .map_err(|e| format!("GET {path}: {e}"))?;
     Ok(s)
-}
-
-fn parse_head(head: &[u8]) -> Option<(u16, Option<usize>)> {
-    let mut lines = head.split(|&b| b == b'\n');
-    let status_line = String::from_utf8_lossy(lines.next()?).into_owned();
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let len = lines
-        .filter_map(|l| split_header(l.strip_suffix(b"\r").unwrap_or(l)))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok());
-    Some((status, len))
 }
 
 /// Polls `/health` (then `/stats`) until one answers 200, or the deadline passes. `alive` is asked

@@ -5,13 +5,15 @@
 
 mod baseline;
 mod http;
-mod multipart;
 mod procstat;
 mod report;
 mod run;
 mod server;
 mod sys;
 mod viewer;
+
+/// The multipart parser the viewers and `http::fetch_frame` use, shared with the tests.
+use beltcam_testkit::multipart;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddrV4;

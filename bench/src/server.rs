@@ -10,7 +10,7 @@ use crate::http;
 use crate::sys;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,16 +34,9 @@ pub struct DaemonSpec<'a> {
     pub ready_timeout: Duration,
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("bind: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("local_addr: {e}"))
-}
-
 impl ServerProc {
     pub fn spawn_daemon(spec: &DaemonSpec<'_>) -> Result<Self, String> {
-        let port = free_port()?;
+        let port = beltcam_testkit::try_free_port().map_err(|e| format!("free port: {e}"))?;
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let log =
             File::create(&spec.log).map_err(|e| format!("create {}: {e}", spec.log.display()))?;
@@ -57,10 +50,7 @@ impl ServerProc {
             .arg(spec.backend);
         // All viewers come from 127.0.0.1: lift the per-IP limits (sessions and connects/minute)
         // unless the caller sets them.
-        for (flag, value) in [
-            ("--max-clients-per-ip", "1024"),
-            ("--connects-per-minute", "1000000"),
-        ] {
+        for (flag, value) in beltcam_testkit::LOOPBACK_LIMIT_FLAGS {
             if !spec.extra_args.iter().any(|a| a.starts_with(flag)) {
                 cmd.arg(flag).arg(value);
             }

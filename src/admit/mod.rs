@@ -3,7 +3,7 @@
 //! refusing at once (never queueing).
 
 pub mod auth;
-pub mod forwarded;
-pub mod ipguard;
-pub mod pending;
-pub mod sessions;
+pub(crate) mod forwarded;
+pub(crate) mod ipguard;
+pub(crate) mod pending;
+pub(crate) mod sessions;

@@ -158,13 +158,7 @@ mod tests {
     use crate::capture::jpeg::check;
 
     fn encoded(w: usize, h: usize) -> Vec<u8> {
-        let mut img = crate::capture::encode::I420::new(w, h);
-        crate::capture::synthetic::render(&mut img, 7, "dht");
-        let mut c = crate::capture::encode::compressor(85).unwrap();
-        let mut out = vec![0u8; 1 << 20];
-        let n = crate::capture::encode::encode_i420(&mut c, &img, &mut out).unwrap();
-        out.truncate(n);
-        out
+        crate::capture::jpeg::tests::pattern(w, h, 7, "dht", 85)
     }
 
     /// libjpeg-turbo writes exactly the Annex K.3 tables when not optimising: our constant must

@@ -109,17 +109,22 @@ pub fn check(data: &[u8]) -> Result<JpegInfo, JpegError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> Vec<u8> {
-        let mut img = crate::capture::encode::I420::new(64, 48);
-        crate::capture::synthetic::render(&mut img, 3, "t");
-        let mut c = crate::capture::encode::compressor(80).unwrap();
+    /// A real `w`x`h` JPEG of frame `n` of the synthetic pattern (the capture tests' test JPEG).
+    pub(crate) fn pattern(w: usize, h: usize, n: u64, label: &str, quality: u8) -> Vec<u8> {
+        let mut img = crate::capture::encode::I420::new(w, h);
+        crate::capture::synthetic::render(&mut img, n, label);
+        let mut c = crate::capture::encode::compressor(quality).unwrap();
         let mut out = vec![0u8; 1 << 20];
         let n = crate::capture::encode::encode_i420(&mut c, &img, &mut out).unwrap();
         out.truncate(n);
         out
+    }
+
+    pub(crate) fn sample() -> Vec<u8> {
+        pattern(64, 48, 3, "t", 80)
     }
 
     #[test]

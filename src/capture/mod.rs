@@ -8,15 +8,15 @@
 pub mod convert;
 pub mod devices;
 pub mod dht;
-pub mod dir;
+pub(crate) mod dir;
 pub mod encode;
-pub mod font;
+pub(crate) mod font;
 pub mod jpeg;
-pub mod record;
-pub mod relay;
+pub(crate) mod record;
+pub(crate) mod relay;
 pub mod synthetic;
-pub mod v4l2;
-pub mod workers;
+pub(crate) mod v4l2;
+pub(crate) mod workers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};

@@ -35,6 +35,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// One blocking read at most this long, so the heartbeat keeps beating and a stop is noticed.
 const READ_SLICE: Duration = Duration::from_millis(250);
+/// An upstream `X-Timestamp` older than this (or in the future) is taken for clock skew between the
+/// hosts, and the arrival time is used instead.
+const MAX_UPSTREAM_AGE_US: u64 = 1_000_000;
 /// The largest response head accepted.
 const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
@@ -216,31 +219,27 @@ impl FrameSource for RelaySource {
                 return Err(SourceError::Open("capture before open".into()));
             };
             let mut published = None;
+            let mut ready = None;
             let mut ended = false;
             // Everything already buffered first: a whole part is published at once.
             while let Some(ev) = reader.next_event() {
                 match ev {
                     Event::Part(body) => {
                         cam.count_captured();
-                        let captured = now_us();
                         let Some(mut slot) = cam.claim() else {
                             published = Some(None);
                             break;
                         };
                         let buf = slot.jpeg_buf();
                         buf[..body.len()].copy_from_slice(body);
-                        published = Some(match jpeg::check(&buf[..body.len()]) {
-                            Ok(info) => {
-                                let size = (u32::from(info.width), u32::from(info.height));
-                                cam.publish(slot, info.len, captured, size.0, size.1);
-                                Some(size)
-                            }
+                        match jpeg::check(&buf[..body.len()]) {
+                            Ok(info) => ready = Some((slot, info)),
                             Err(e) => {
                                 cam.count_invalid();
                                 tracing::debug!(camera = %cam.name, %e, "invalid part from upstream");
-                                None
+                                published = Some(None);
                             }
-                        });
+                        }
                         break;
                     }
                     Event::Oversize(_) => {
@@ -255,6 +254,18 @@ impl FrameSource for RelaySource {
                     }
                     Event::End => ended = true,
                 }
+            }
+            if let Some((slot, info)) = ready {
+                // The upstream's capture time when it gives one that this clock agrees with (so
+                // latency through relays adds up end to end), else the time it arrived.
+                let now = now_us();
+                let captured = reader
+                    .part_timestamp_us()
+                    .filter(|&t| t <= now && now - t <= MAX_UPSTREAM_AGE_US)
+                    .unwrap_or(now);
+                let size = (u32::from(info.width), u32::from(info.height));
+                cam.publish(slot, info.len, captured, size.0, size.1);
+                published = Some(Some(size));
             }
             if ended {
                 let e = SourceError::Gone("upstream ended the stream".into());

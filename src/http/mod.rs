@@ -5,5 +5,5 @@ pub mod multipart;
 pub mod params;
 pub mod part_reader;
 pub mod request;
-pub mod response;
+pub(crate) mod response;
 pub mod routes;

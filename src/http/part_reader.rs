@@ -90,6 +90,8 @@ pub struct PartReader {
     scanned: usize,
     /// In `Seek`: nothing but whitespace seen since the last part (which is not garbage).
     fresh: bool,
+    /// The `X-Timestamp` of the part being read (beltcam's and ustreamer's capture time).
+    timestamp_us: Option<u64>,
 }
 
 impl PartReader {
@@ -108,7 +110,14 @@ impl PartReader {
             state: State::Seek,
             scanned: 0,
             fresh: true,
+            timestamp_us: None,
         }
+    }
+
+    /// The capture time the last part's head gave (`X-Timestamp: SECONDS.MICROS`), if any: a relay
+    /// keeps the upstream's time, so latency through a chain of relays is measured end to end.
+    pub fn part_timestamp_us(&self) -> Option<u64> {
+        self.timestamp_us
     }
 
     /// Starts over for a new stream (a reconnect), keeping the buffer.
@@ -120,6 +129,7 @@ impl PartReader {
         self.start = 0;
         self.end = 0;
         self.scanned = 0;
+        self.timestamp_us = None;
         self.enter_seek();
     }
 
@@ -195,7 +205,7 @@ impl PartReader {
                     }
                 }
                 State::Head => {
-                    let Some((head_len, content_length)) = part_head(data) else {
+                    let Some((head_len, content_length, timestamp_us)) = part_head(data) else {
                         if data.len() > MAX_PART_HEAD {
                             self.enter_seek();
                             return self.drop_bytes(MAX_PART_HEAD, true);
@@ -203,6 +213,7 @@ impl PartReader {
                         return None;
                     };
                     self.start += head_len;
+                    self.timestamp_us = timestamp_us;
                     self.state = match content_length {
                         Some(n) if n > self.max_part as u64 => {
                             self.state = State::SkipLen(n);
@@ -323,10 +334,12 @@ fn line_end(rest: &[u8]) -> Option<usize> {
     }
 }
 
-/// A complete part head at the start of `data`: its length (through the empty line) and its
-/// `Content-Length`. An empty line right away is a part with no headers.
-fn part_head(data: &[u8]) -> Option<(usize, Option<u64>)> {
+/// A complete part head at the start of `data`: its length (through the empty line), its
+/// `Content-Length` and its `X-Timestamp` in microseconds. An empty line right away is a part with
+/// no headers.
+fn part_head(data: &[u8]) -> Option<(usize, Option<u64>, Option<u64>)> {
     let mut content_length = None;
+    let mut timestamp_us = None;
     let mut at = 0;
     loop {
         let nl = data[at..].iter().position(|&b| b == b'\n')?;
@@ -337,17 +350,32 @@ fn part_head(data: &[u8]) -> Option<(usize, Option<u64>)> {
             return None;
         }
         if line.is_empty() {
-            return Some((at, content_length));
+            return Some((at, content_length, timestamp_us));
         }
         if let Some((k, v)) = std::str::from_utf8(line)
             .ok()
             .and_then(|l| l.split_once(':'))
         {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse::<u64>().ok();
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.parse::<u64>().ok();
+            } else if k.eq_ignore_ascii_case("x-timestamp") {
+                timestamp_us = parse_timestamp(v);
             }
         }
     }
+}
+
+/// `SECONDS[.FRACTION]` to microseconds (at most 6 fraction digits are read).
+fn parse_timestamp(v: &str) -> Option<u64> {
+    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: u64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(6).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let micros: u64 = format!("{digits:0<6}").parse().ok()?;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
 /// The first occurrence of `needle` (not empty) in `hay`.
@@ -445,6 +473,22 @@ mod tests {
         // A part is out as soon as its body is in, not when the next one starts.
         let first = b"--b\r\nContent-Length: 3\r\n\r\nabc\r\n--b";
         assert_eq!(run("b", 100, first, usize::MAX), ["part:abc"]);
+    }
+
+    #[test]
+    fn the_upstream_capture_time_is_read() {
+        let mut r = PartReader::new("b", 100);
+        let s = b"--b\r\nX-Timestamp: 1700000000.123456\r\nContent-Length: 1\r\n\r\nA\r\n--b\r\n\r\nB\r\n--b\r\n";
+        r.spare()[..s.len()].copy_from_slice(s);
+        r.filled(s.len());
+        assert_eq!(r.next_event(), Some(Event::Part(b"A")));
+        assert_eq!(r.part_timestamp_us(), Some(1_700_000_000_123_456));
+        assert_eq!(r.next_event(), Some(Event::Part(b"B")));
+        assert_eq!(r.part_timestamp_us(), None);
+        assert_eq!(parse_timestamp("12.5"), Some(12_500_000));
+        assert_eq!(parse_timestamp("12"), Some(12_000_000));
+        assert_eq!(parse_timestamp("x"), None);
+        assert_eq!(parse_timestamp("1.2x"), None);
     }
 
     #[test]

@@ -306,9 +306,12 @@ async fn accept_loop<A: Acceptor + 'static, H: Handler>(
         match accepted {
             Ok((conn, peer)) => {
                 let counted = Live::new(&live, &idle);
-                let serve = Arc::clone(&handler).serve(conn, peer);
+                let handler = Arc::clone(&handler);
+                // The connection's future is made inside the task, not moved into it: a future
+                // captured and then awaited is stored twice in the task (once as the captured
+                // value, once being awaited), which doubled every connection's memory.
                 tokio::task::spawn_local(async move {
-                    serve.await;
+                    handler.serve(conn, peer).await;
                     drop(counted);
                 });
             }

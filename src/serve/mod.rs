@@ -4,14 +4,14 @@
 //! Written once against `net::Conn`, so io_uring and epoll run exactly this code; [`Server`] is the
 //! `net::Handler` the serving threads hand their connections to.
 
-pub mod admin;
-pub mod conn;
-pub mod controls;
-pub mod deliver;
-pub mod page;
-pub mod respond;
-pub mod sse;
-pub mod state;
+pub(crate) mod admin;
+pub(crate) mod conn;
+pub(crate) mod controls;
+pub(crate) mod deliver;
+pub(crate) mod page;
+pub(crate) mod respond;
+pub(crate) mod sse;
+pub(crate) mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,9 +1,15 @@
-//! The `/` page: the first camera's stream and links to every endpoint, for a person with a browser.
-//! Every link is relative, so the page works behind a reverse proxy under a path prefix
-//! (`/webcam/`, as Mainsail and crowsnest set nginx up).
+//! The `/` page: the operator's console for the belt. Every camera is a tile refreshed from
+//! snapshots (one in flight at a time, so any number of cameras fits in a browser's six
+//! connections), the camera in focus streams live, and per-camera state, fps, clients, format and
+//! recording update from `/events` and `/stats`; the event log, the sessions with a close button
+//! (admin) and the health banner. Plain HTML, CSS and JavaScript embedded in the binary
+//! (`console.html`), no build step. Every link is relative, so the page works behind a reverse
+//! proxy under a path prefix (`/webcam/`, as Mainsail and crowsnest set nginx up).
 
 use super::Live;
 use crate::net::Backend;
+
+const CONSOLE: &str = include_str!("console.html");
 
 /// Escapes text for HTML (camera names are restricted, but sources are free text).
 fn esc(s: &str) -> String {
@@ -14,25 +20,25 @@ fn esc(s: &str) -> String {
 }
 
 pub fn page(live: &Live, backend: Backend) -> String {
-    let mut cams = String::new();
-    for (i, c) in live.cameras.iter().enumerate() {
+    let mut tiles = String::new();
+    for c in &live.cameras {
         let n = esc(&c.name);
-        cams.push_str(&format!(
-            "<section><h2>{n}{first}</h2><img src=\"cam/{n}/stream\" alt=\"{n} stream\">\
-             <p><a href=\"cam/{n}/stream\">/cam/{n}/stream</a> · <a href=\"cam/{n}/snapshot\">/cam/{n}/snapshot</a> · \
-             source <code>{src}</code></p></section>\n",
-            first = if i == 0 { " (default)" } else { "" },
+        tiles.push_str(&format!(
+            "<div class=\"tile\" data-cam=\"{n}\"><div class=\"img\"><img alt=\"{n}\"></div>\
+             <div class=\"meta\"><b>{n}</b>\
+             <span class=\"state\"></span><span class=\"fps\"></span><span class=\"clients\"></span>\
+             <span class=\"format\"></span><span class=\"recording\"></span></div>\
+             <div class=\"meta\"><code>{src}</code></div></div>\n",
             src = esc(&c.spec.to_string()),
         ));
     }
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>beltcam</title>\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <style>body{{font-family:sans-serif;margin:1em;background:#111;color:#ddd}}\
-         img{{max-width:100%;background:#000}}a{{color:#8cf}}</style></head><body>\n\
-         <h1>beltcam</h1>\n<p><a href=\"stream\">/stream</a> · <a href=\"snapshot\">/snapshot</a> · \
-         <a href=\"health\">/health</a> · <a href=\"stats\">/stats</a> · io backend {backend}</p>\n\
-         {cams}</body></html>\n",
-        backend = backend.as_str(),
-    )
+    let first = live
+        .cameras
+        .first()
+        .map(|c| esc(&c.name))
+        .unwrap_or_default();
+    CONSOLE
+        .replace("{{BACKEND}}", backend.as_str())
+        .replace("{{FIRST}}", &first)
+        .replace("{{TILES}}", &tiles)
 }

@@ -1,13 +1,19 @@
 //! Shared helpers for integration tests: start the real binary on a free loopback port, talk HTTP
 //! to it with plain sockets, and parse its multipart stream. Every wait has a deadline.
+//!
+//! The pieces the load generator needs too (free port, HTTP exchange, multipart parser) live in the
+//! `beltcam-testkit` crate (`testkit/`); this module wraps them for tests.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use beltcam_testkit::multipart::Parser;
 
 /// Where every skip of this `cargo test` run is recorded (dev.sh clears it before the run and prints
 /// it after, so skips show in CI logs although cargo hides a passing test's stderr).
@@ -50,10 +56,46 @@ pub fn heavy() -> MutexGuard<'static, ()> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    beltcam_testkit::free_port()
+}
+
+/// A fresh, empty temporary folder `beltcam-TAG-PID` for this test process.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("beltcam-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A fresh, empty temporary folder (`temp_dir(tag)`), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(temp_dir(tag))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real `w`x`h` JPEG (quality 80) of frame `n` of the synthetic pattern, labelled `label`.
+pub fn pattern_jpeg_labeled(w: usize, h: usize, n: u64, label: &str) -> Vec<u8> {
+    use beltcam::capture::encode::{compressor, encode_i420, I420};
+    let mut img = I420::new(w, h);
+    beltcam::capture::synthetic::render(&mut img, n, label);
+    let mut out = vec![0u8; 1 << 21];
+    let len = encode_i420(&mut compressor(80).unwrap(), &img, &mut out).unwrap();
+    out.truncate(len);
+    out
+}
+
+/// A real `w`x`h` JPEG of frame `n` of the synthetic pattern, as the folder-camera tests use it.
+pub fn pattern_jpeg(w: usize, h: usize, n: u64) -> Vec<u8> {
+    pattern_jpeg_labeled(w, h, n, "dir")
 }
 
 /// Skip reasons CI may legitimately give: the runner chose them explicitly (the aarch64 tests run
@@ -128,18 +170,48 @@ impl Daemon {
     }
 
     fn spawn_with(args: &[&str], healthy: bool, lift_limits: bool) -> Daemon {
-        let port = free_port();
-        let log =
-            std::env::temp_dir().join(format!("beltcam-test-{port}-{}.log", std::process::id()));
-        let logf = std::fs::File::create(&log).expect("log file");
+        Self::try_start_with(
+            free_port(),
+            args,
+            healthy,
+            lift_limits,
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("beltcam {e}"))
+    }
+
+    /// Starts beltcam on `port` (e.g. again after a restart) and waits up to `limit` until
+    /// `/health` answers 200 (or, unless `healthy`, 503 with a camera offline). `Err` (with the
+    /// log) when it exits first, e.g. "Address already in use", or is not up in time; the caller
+    /// decides whether that fails the test. The per-address limits are lifted unless `args` set them.
+    pub fn try_start_on(
+        port: u16,
+        args: &[&str],
+        healthy: bool,
+        limit: Duration,
+    ) -> Result<Daemon, String> {
+        Self::try_start_with(port, args, healthy, true, limit)
+    }
+
+    fn try_start_with(
+        port: u16,
+        args: &[&str],
+        healthy: bool,
+        lift_limits: bool,
+        limit: Duration,
+    ) -> Result<Daemon, String> {
+        // Unique per start: a restart on the same port must not share (and, on drop, delete) the
+        // log of the daemon before it.
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!(
+            "beltcam-test-{port}-{}-{n}.log",
+            std::process::id()
+        ));
+        let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let listen = format!("127.0.0.1:{port}");
-        // Tests poll from one loopback address far faster than any real client: lift the per-IP
-        // limits unless the test is about them.
         let mut defaults = vec![];
-        for (flag, value) in [
-            ("--max-clients-per-ip", "1024"),
-            ("--connects-per-minute", "1000000"),
-        ] {
+        for (flag, value) in beltcam_testkit::LOOPBACK_LIMIT_FLAGS {
             if lift_limits && !args.contains(&flag) {
                 defaults.extend([flag, value]);
             }
@@ -157,30 +229,37 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
-            .expect("start beltcam");
+            .map_err(|e| format!("cannot start: {e}"))?;
         let mut d = Daemon { child, port, log };
-        d.wait_ready(healthy);
-        d
+        d.wait_ready(healthy, limit)?;
+        Ok(d)
     }
 
-    fn wait_ready(&mut self, healthy: bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    fn wait_ready(&mut self, healthy: bool, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("beltcam exited at start-up ({status}): {}", self.log_text());
+                return Err(format!(
+                    "exited at start-up ({status}): {}",
+                    self.log_text()
+                ));
             }
             match get(self.port, "/health") {
-                Ok((200, _, _)) => return,
+                Ok((200, _, _)) => return Ok(()),
                 Ok((503, _, body))
                     if !healthy && String::from_utf8_lossy(&body).contains("offline") =>
                 {
-                    return
+                    return Ok(())
                 }
                 _ => {}
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("beltcam not healthy within 20 s: {}", self.log_text());
+        Err(format!(
+            "not healthy within {} s: {}",
+            limit.as_secs(),
+            self.log_text()
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -279,12 +358,12 @@ pub fn connect(port: u16) -> TcpStream {
 
 /// Sends raw bytes and reads the whole response (until close or 5 s). Returns status, head, body.
 pub fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(request)?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    parse_response(&out)
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    parse_response(&beltcam_testkit::http::exchange(
+        addr,
+        request,
+        Duration::from_secs(5),
+    )?)
 }
 
 /// `GET path` from a chosen loopback source address (each 127.0.0.x is its own client to limits).
@@ -293,41 +372,35 @@ pub fn get_from(src: &str, port: u16, path: &str) -> std::io::Result<(u16, Strin
     let src: SocketAddr = format!("{src}:0").parse().map_err(std::io::Error::other)?;
     sock.bind(&src.into())?;
     sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    parse_response(&out)
+    let request = beltcam_testkit::http::get_request(path);
+    parse_response(&beltcam_testkit::http::exchange_on(
+        sock.into(),
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )?)
 }
 
 pub fn parse_response(out: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no response head in {} bytes", out.len())))?;
-    let head = String::from_utf8_lossy(&out[..split]).to_string();
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status code"))?;
-    Ok((code, head, out[split + 4..].to_vec()))
+    beltcam_testkit::http::parse_response(out)
 }
 
 /// `GET path` with `Connection: close`.
 pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
-    raw(
-        port,
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
+    raw(port, beltcam_testkit::http::get_request(path).as_bytes())
 }
 
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+    beltcam_testkit::http::header(head, name)
+}
+
+/// Kills a child process when dropped, also when the test ends in a failed assertion.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One multipart part.
@@ -338,9 +411,13 @@ pub struct Part {
     pub received: Instant,
 }
 
-/// A viewer reading a multipart stream part by part.
+/// A viewer reading a multipart stream part by part (with the shared strict parser: framing
+/// errors are failures, not skipped parts).
 pub struct Viewer {
-    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    parser: Parser,
+    ready: std::collections::VecDeque<beltcam_testkit::multipart::Part>,
+    buf: Vec<u8>,
 }
 
 impl Viewer {
@@ -354,16 +431,23 @@ impl Viewer {
         s.set_read_timeout(Some(Duration::from_secs(5))).ok();
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .expect("send request");
-        let mut reader = BufReader::with_capacity(1 << 20, s);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("response head");
-            if line == "\r\n" || line.is_empty() {
-                break;
+        let mut v = Viewer {
+            stream: s,
+            parser: Parser::strict(),
+            ready: Default::default(),
+            buf: vec![0; 1 << 16],
+        };
+        while !v.parser.head_ok() {
+            let n = v.stream.read(&mut v.buf).expect("response head");
+            let fed = match n {
+                0 => Err("closed before the response head".to_string()),
+                n => v.parser.feed(&v.buf[..n], |p| v.ready.push_back(p)),
+            };
+            if let Err(e) = fed {
+                panic!("stream refused: {} ({e})", v.parser.head());
             }
-            head.push_str(&line);
         }
+        let head = v.parser.head().to_string();
         assert!(head.starts_with("HTTP/1.1 200"), "stream refused: {head}");
         assert!(
             header(&head, "content-type").is_some_and(
@@ -371,60 +455,29 @@ impl Viewer {
             ),
             "{head}"
         );
-        let mut v = Viewer { reader };
-        assert!(v.boundary(), "first boundary");
         v
-    }
-
-    /// Reads the boundary that starts the body and ends each part. Its line's CRLF comes with the
-    /// next part (see beltcam's `http::multipart`), so it is read by length, not as a line.
-    fn boundary(&mut self) -> bool {
-        let mut b = [0u8; 20];
-        self.reader.read_exact(&mut b).is_ok() && &b == b"--boundarydonotcross"
     }
 
     /// Reads the next part; panics on a framing error, `None` on EOF.
     pub fn next_part(&mut self) -> Option<Part> {
-        let mut len = None;
-        let mut seq = 0;
-        let mut timestamp = 0.0;
-        let mut lines = 0;
         loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
+            if let Some(p) = self.ready.pop_front() {
+                // Received when the test takes it (as a blocking reader would have read it then),
+                // not when it happened to arrive in a read with an earlier part.
+                return Some(Part::of(p));
+            }
+            if self.parser.ended() {
+                return None;
+            }
+            let n = match self.stream.read(&mut self.buf) {
                 Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            lines += 1;
-            if line.is_empty() {
-                if lines == 1 {
-                    continue; // the CRLF ending the boundary line
-                }
-                break;
-            }
-            let (k, v) = line.split_once(':').expect("part header line");
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().ok(),
-                "x-frame" => seq = v.trim().parse().expect("X-Frame number"),
-                "x-timestamp" => timestamp = v.trim().parse().expect("X-Timestamp"),
-                "content-type" => assert_eq!(v.trim(), "image/jpeg"),
-                _ => {}
+                Ok(n) => n,
+            };
+            let ready = &mut self.ready;
+            if let Err(e) = self.parser.feed(&self.buf[..n], |p| ready.push_back(p)) {
+                panic!("multipart framing: {e}");
             }
         }
-        let mut jpeg = vec![0; len.expect("Content-Length")];
-        self.reader.read_exact(&mut jpeg).ok()?;
-        let received = Instant::now();
-        let mut crlf = [0u8; 2];
-        self.reader.read_exact(&mut crlf).ok()?;
-        assert_eq!(&crlf, b"\r\n", "part must end with CRLF");
-        assert!(self.boundary(), "boundary after part");
-        Some(Part {
-            seq,
-            timestamp,
-            jpeg,
-            received,
-        })
     }
 
     /// Reads parts for `dur` measured from the first part; returns them.
@@ -443,6 +496,38 @@ impl Viewer {
         }
         parts
     }
+}
+
+impl Part {
+    /// A part the parser completed, handed to the test now.
+    fn of(p: beltcam_testkit::multipart::Part) -> Part {
+        Part {
+            seq: p.seq.unwrap_or(0),
+            timestamp: p.timestamp_us.map_or(0.0, |us| us as f64 / 1e6),
+            jpeg: p.body,
+            received: Instant::now(),
+        }
+    }
+}
+
+/// Frames a viewer received, with when.
+pub type Seen = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
+/// Reads the stream on its own thread until `stop`, recording every part; the thread returns
+/// false if the connection ended first.
+pub fn record(mut v: Viewer, stop: Arc<AtomicBool>) -> (Seen, std::thread::JoinHandle<bool>) {
+    let seen: Seen = Arc::default();
+    let s = Arc::clone(&seen);
+    let h = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match v.next_part() {
+                Some(p) => s.lock().unwrap().push((p.received, p.jpeg)),
+                None => return false, // the connection ended
+            }
+        }
+        true
+    });
+    (seen, h)
 }
 
 /// Decodes a JPEG fully and returns its size.

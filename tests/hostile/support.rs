@@ -6,10 +6,9 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{get, parse_response, Daemon};
+use crate::common::{parse_response, temp_dir, Daemon};
 
 /// `HOSTILE_BENCH=1` (set by the bench script) lengthens windows and repeats trials: the figures
 /// then go in a table; the assertions stay the same.
@@ -247,14 +246,6 @@ pub fn noisy_jpeg(w: usize, h: usize, target: usize) -> Vec<u8> {
     );
 }
 
-/// A fresh temporary folder for this test process.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("beltcam-hostile-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 /// A config file holding `toml`.
 pub fn config_file(tag: &str, toml: &str) -> PathBuf {
     let p = temp_dir(tag).join("beltcam.toml");
@@ -296,44 +287,7 @@ impl Drop for WmemMax {
 /// with the log when it exits first (e.g. "Address already in use") or is not up within 10 s.
 /// The test itself never retries: any retry is the daemon's.
 pub fn start_on(port: u16, args: &[&str]) -> Result<Daemon, String> {
-    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let log = std::env::temp_dir().join(format!(
-        "beltcam-hostile-{port}-{}-{n}.log",
-        std::process::id()
-    ));
-    let logf = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let child = Command::new(env!("CARGO_BIN_EXE_beltcam"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-level",
-            "info",
-        ])
-        .args([
-            "--max-clients-per-ip",
-            "1024",
-            "--connects-per-minute",
-            "1000000",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut d = Daemon { child, port, log };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            return Err(format!("exited at start-up ({status}): {}", d.log_text()));
-        }
-        if let Ok((200, _, _)) = get(port, "/health") {
-            return Ok(d);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!("not healthy within 10 s: {}", d.log_text()))
+    Daemon::try_start_on(port, args, true, Duration::from_secs(10))
 }
 
 /// `/stats` fetched from a chosen source address (so per-address limits on 127.0.0.1 do not get

@@ -10,24 +10,16 @@ use std::time::{Duration, Instant};
 
 use crate::vm;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use vm::fnv;
+pub use vm::repo;
 
 /// The cache: downloaded .debs and the image (`target/sysvm`).
 pub fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(|t| t.join("sysvm"))
-        .unwrap_or_else(|| repo().join("target/sysvm"))
+    vm::target_cache("sysvm")
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p)
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|d| d.join(cmd).is_file())
-    })
+    vm::on_path_or_in(cmd, &["/usr/sbin", "/sbin"])
 }
 
 /// A built image, locked for this process (one VM at a time).
@@ -151,13 +143,6 @@ fn build(dir: &Path) -> Result<(), Skip> {
     Ok(())
 }
 
-/// FNV-1a, a stable cache key for the build scripts.
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
-}
-
 /// The binary under test for the guest: cargo's debug build of beltcam without its debug info
 /// (`objcopy --strip-debug`: 95 MB -> 7 MB, which the guest copies in about a second instead of
 /// 10 s under TCG). The code is the same; without objcopy, the binary as built.
@@ -212,8 +197,11 @@ impl SysVm {
              echo '== systemctl --failed'; systemctl --failed --no-pager\n",
         )
         .unwrap();
-        let ctl_port = vm::free_port();
-        let ports: Vec<u16> = guest_ports.iter().map(|_| vm::free_port()).collect();
+        let ctl_port = crate::common::free_port();
+        let ports: Vec<u16> = guest_ports
+            .iter()
+            .map(|_| crate::common::free_port())
+            .collect();
         let console = img.dir.join(format!("console-{id}.log"));
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("tests/sysvm/run.sh"))

@@ -14,17 +14,31 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The cache: downloaded .debs, the kernel and the initramfs (`target/vmh`).
-pub fn cache_dir() -> PathBuf {
+/// A cache folder `name` in cargo's target directory (kept across runs, shared by checkouts
+/// that share the target directory).
+pub fn target_cache(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
-        .map(|t| t.join("vmh"))
-        .unwrap_or_else(|| repo().join("target/vmh"))
+        .map(|t| t.join(name))
+        .unwrap_or_else(|| repo().join("target").join(name))
+}
+
+/// The cache: downloaded .debs, the kernel and the initramfs (`target/vmh`).
+pub fn cache_dir() -> PathBuf {
+    target_cache("vmh")
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+    on_path_or_in(cmd, &[])
+}
+
+/// Whether `cmd` is a file in a `PATH` folder or in one of `extra`.
+pub fn on_path_or_in(cmd: &str, extra: &[&str]) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .chain(extra.iter().map(PathBuf::from))
+            .any(|d| d.join(cmd).is_file())
+    })
 }
 
 /// A built VM image; `loopback` says whether the MJPEG camera (v4l2loopback) is in it.
@@ -135,18 +149,11 @@ fn build(dir: &Path, arch: &str, loopback: bool) -> Result<bool, String> {
     Ok(loopback)
 }
 
-/// FNV-1a, a stable cache key for the build script.
-fn fnv(data: &[u8]) -> u64 {
+/// FNV-1a, a stable cache key for build scripts.
+pub fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A running VM. Dropping it ends the payload and kills qemu's process group.
@@ -161,8 +168,11 @@ impl Vm {
     /// Boots the image with `script` as payload, forwarding one host port per guest port.
     pub fn boot(img: &Image, script: &str, guest_ports: &[u16], adds: &[(PathBuf, &str)]) -> Vm {
         let bin = img.bin.display();
-        let ctl = free_port();
-        let ports: Vec<u16> = guest_ports.iter().map(|_| free_port()).collect();
+        let ctl = crate::common::free_port();
+        let ports: Vec<u16> = guest_ports
+            .iter()
+            .map(|_| crate::common::free_port())
+            .collect();
         let console = img.dir.join(format!("console-{}.log", std::process::id()));
         let vm_dir = repo().join("tests/vm");
         let mut cmd = Command::new("bash");
@@ -279,24 +289,18 @@ pub fn ctl_at(port: u16, cmd: &str, limit: Duration) -> (i32, String) {
 /// `GET path` with connect and read timeouts; returns (status, body).
 pub fn get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no response head"))?;
-    let code = String::from_utf8_lossy(&out[..split])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status"))?;
-    Ok((code, out[split + 4..].to_vec()))
+    let (code, _, body) = beltcam_testkit::http::get(addr, path, timeout)?;
+    Ok((code, body))
 }
 
 pub fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
     let (_, body) = get(port, path, Duration::from_secs(2)).ok()?;
     serde_json::from_slice(&body).ok()
+}
+
+/// `/health`'s `status` on forwarded port `port`, or "" while it does not answer.
+pub fn health_status(port: u16) -> String {
+    get_json(port, "/health")
+        .and_then(|h| h["status"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }

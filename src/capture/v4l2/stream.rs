@@ -22,7 +22,6 @@ pub struct Dequeued {
     pub bytesused: usize,
     /// The driver flagged the frame as corrupt (V4L2_BUF_FLAG_ERROR).
     pub error: bool,
-    pub sequence: u32,
 }
 
 /// What a wait saw.
@@ -156,7 +155,6 @@ impl MmapStream {
             index,
             bytesused: (b.bytesused as usize).min(len),
             error: b.flags & V4L2_BUF_FLAG_ERROR != 0,
-            sequence: b.sequence,
         }))
     }
 

@@ -1,11 +1,16 @@
 //! Incremental parser for an HTTP `multipart/x-mixed-replace` MJPEG response, as beltcam, ustreamer
-//! and mjpg-streamer send it.
+//! and mjpg-streamer send it: the one multipart reader of the load generator and the tests.
 //!
 //! The load generator feeds it whatever each `read` returned; it never buffers JPEG bytes (it only
 //! counts them down by `Content-Length`), so a viewer costs a few hundred bytes of state and the
 //! parse cost is per header line, not per byte. Header names are matched case-insensitively and in
 //! any order; the boundary is taken from the response's `Content-Type`. Anything that breaks the
 //! framing is an error naming what was seen, which is how stream-format bugs show up in a run.
+//!
+//! [`Parser::strict`] is the tests' reader of beltcam's own stream: it keeps the bodies and the
+//! response head, and also refuses what a lenient client would let pass (a part without its CRLF
+//! before the next boundary, blank lines where a boundary belongs, a part that is not `image/jpeg`,
+//! an `X-Frame` or `X-Timestamp` that does not parse).
 
 /// Longest header or boundary line accepted.
 const MAX_LINE: usize = 8 * 1024;
@@ -28,9 +33,13 @@ pub struct Part {
 enum State {
     StatusLine,
     HeadHeaders,
+    /// Strict only: the CRLF that ends a body.
+    AfterBody,
     Boundary,
     PartHeaders,
-    Body { remaining: usize },
+    Body {
+        remaining: usize,
+    },
     Ended,
 }
 
@@ -43,6 +52,11 @@ pub struct Parser {
     part: Part,
     have_len: bool,
     keep_body: bool,
+    strict: bool,
+    /// Strict only: the response head as received, one `\r\n`-terminated line each.
+    head: String,
+    /// Whether the line being handled ended in CRLF (not a bare LF).
+    line_crlf: bool,
 }
 
 impl Parser {
@@ -56,7 +70,24 @@ impl Parser {
             part: empty_part(),
             have_len: false,
             keep_body,
+            strict: false,
+            head: String::new(),
+            line_crlf: false,
         }
+    }
+
+    /// A parser that keeps bodies and the response head, and checks the framing to the letter
+    /// (see the module doc).
+    pub fn strict() -> Self {
+        Self {
+            strict: true,
+            ..Self::new(true)
+        }
+    }
+
+    /// The response head (status line and headers) as far as it was read; strict parsers only.
+    pub fn head(&self) -> &str {
+        &self.head
     }
 
     /// True once a `200` multipart response head has been read.
@@ -83,7 +114,7 @@ impl Parser {
                     remaining: remaining - n,
                 };
                 if remaining == n {
-                    self.state = State::Boundary;
+                    self.state = self.after_body();
                     on_part(std::mem::replace(&mut self.part, empty_part()));
                 }
                 continue;
@@ -100,7 +131,8 @@ impl Parser {
                     self.push_line_bytes(&data[pos..pos + i])?;
                     pos += i + 1;
                     let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
+                    self.line_crlf = line.last() == Some(&b'\r');
+                    if self.line_crlf {
                         line.pop();
                     }
                     let res = self.on_line(&line, &mut on_part);
@@ -135,7 +167,19 @@ impl Parser {
         Ok(())
     }
 
+    fn after_body(&self) -> State {
+        if self.strict {
+            State::AfterBody
+        } else {
+            State::Boundary
+        }
+    }
+
     fn on_line(&mut self, line: &[u8], on_part: &mut impl FnMut(Part)) -> Result<(), String> {
+        if self.strict && matches!(self.state, State::StatusLine | State::HeadHeaders) {
+            self.head.push_str(&String::from_utf8_lossy(line));
+            self.head.push_str("\r\n");
+        }
         match self.state {
             State::StatusLine => {
                 let text = String::from_utf8_lossy(line);
@@ -169,8 +213,17 @@ impl Parser {
                     }
                 }
             }
+            State::AfterBody => {
+                if !line.is_empty() || !self.line_crlf {
+                    return Err(format!(
+                        "part must end with CRLF, got {:?}",
+                        String::from_utf8_lossy(&line[..line.len().min(80)])
+                    ));
+                }
+                self.state = State::Boundary;
+            }
             State::Boundary => {
-                if line.is_empty() {
+                if line.is_empty() && !self.strict {
                     self.count_line()?; // the CRLF ending a body; tolerate a few stray blanks
                     return Ok(());
                 }
@@ -206,8 +259,19 @@ impl Parser {
                     self.have_len = true;
                 } else if name.eq_ignore_ascii_case("x-timestamp") {
                     self.part.timestamp_us = parse_timestamp_us(value);
+                    if self.strict && self.part.timestamp_us.is_none() {
+                        return Err(format!("bad X-Timestamp {value:?}"));
+                    }
                 } else if name.eq_ignore_ascii_case("x-frame") {
                     self.part.seq = value.parse().ok();
+                    if self.strict && self.part.seq.is_none() {
+                        return Err(format!("bad X-Frame {value:?}"));
+                    }
+                } else if self.strict
+                    && name.eq_ignore_ascii_case("content-type")
+                    && value != "image/jpeg"
+                {
+                    return Err(format!("part Content-Type {value:?}, not image/jpeg"));
                 }
             }
             State::Body { .. } | State::Ended => {}
@@ -222,7 +286,7 @@ impl Parser {
         self.have_len = false;
         self.lines_seen = 0;
         if self.part.len == 0 {
-            self.state = State::Boundary;
+            self.state = self.after_body();
             on_part(std::mem::replace(&mut self.part, empty_part()));
         } else {
             if self.keep_body {
@@ -373,6 +437,42 @@ mod tests {
         ];
         for s in bad {
             assert!(Parser::new(false).feed(s, |_| {}).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn strict_keeps_head_and_bodies() {
+        let mut p = Parser::strict();
+        let mut out = Vec::new();
+        for c in stream().chunks(5) {
+            p.feed(c, |f| out.push(f)).expect("parse");
+        }
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].body.len(), 5000);
+        assert!(p
+            .head()
+            .starts_with("HTTP/1.1 200 OK\r\nContent-Type: multipart/"));
+    }
+
+    #[test]
+    fn strict_refuses_what_lenient_lets_pass() {
+        let h = "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=b\r\n\r\n";
+        let lenient_ok: [String; 5] = [
+            format!("{h}\r\n--b\r\n"),
+            format!("{h}--b\r\nContent-Length: 2\r\n\r\nab--b\r\n"),
+            format!("{h}--b\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n\r\n--b\r\n"),
+            format!("{h}--b\r\nX-Frame: one\r\nContent-Length: 0\r\n\r\n\r\n--b\r\n"),
+            format!("{h}--b\r\nContent-Length: 1\r\n\r\na\n--b\r\n"),
+        ];
+        for s in &lenient_ok {
+            assert!(
+                Parser::new(true).feed(s.as_bytes(), |_| {}).is_ok(),
+                "{s:?}"
+            );
+            assert!(
+                Parser::strict().feed(s.as_bytes(), |_| {}).is_err(),
+                "{s:?}"
+            );
         }
     }
 
