@@ -137,6 +137,9 @@ pub fn check_value(c: &Control, value: i64) -> Result<(), ControlError> {
     if c.read_only {
         return Err(ControlError::ReadOnly(c.name.clone()));
     }
+    if c.kind == "button" {
+        return Ok(()); // any value presses it (its range is 0..=0)
+    }
     let on_step = c.step <= 1 || (value.wrapping_sub(c.min) as u64) % c.step == 0;
     let ok = if c.menu.is_empty() {
         (c.min..=c.max).contains(&value) && on_step
@@ -462,6 +465,9 @@ mod tests {
         let e = check_value(&c, 2).unwrap_err();
         assert_eq!(e.to_string(), "brightness must be one of 1, 3");
 
+        let mut c = ctl(0, 0, 0, &[]);
+        c.kind = "button";
+        assert!(check_value(&c, 1).is_ok(), "any value presses a button");
         let mut c = ctl(0, 255, 1, &[]);
         c.read_only = true;
         assert_eq!(check_value(&c, 1).unwrap_err().status(), 409);
