@@ -71,7 +71,7 @@ pub fn make_source(cam: &CameraSettings) -> Result<Box<dyn FrameSource>, String>
             device.clone(),
             *mode,
             format.clone(),
-            cam.v4l2,
+            cam.v4l2.clone(),
         ))),
         SourceSpec::Http(url) => Ok(Box::new(capture::relay::RelaySource::new(url.clone()))),
     }

@@ -137,10 +137,11 @@ fn check_request(data: &[u8], r: &Request) {
 /// Routes `r` as each method. Whether a path exists must not depend on the method; the methods
 /// that succeed must be exactly the ones a 405's `Allow` header lists, and all reach one route.
 fn check_route(r: &Request) {
-    const METHODS: [(Method, &str); 5] = [
+    const METHODS: [(Method, &str); 6] = [
         (Method::Get, "GET"),
         (Method::Head, "HEAD"),
         (Method::Post, "POST"),
+        (Method::Put, "PUT"),
         (Method::Delete, "DELETE"),
         (Method::Other, "BREW"),
     ];

@@ -7,6 +7,7 @@
 //! go to the encode workers. Errors become `SourceError::Gone`/`Timeout`: `run_capture` then
 //! serves the placeholder and re-opens with backoff, which is how an unplugged camera comes back.
 
+pub mod controls;
 pub mod ioctl;
 pub mod negotiate;
 pub mod stream;
@@ -46,6 +47,7 @@ pub struct V4l2Source {
     /// Warnings of `open`, which repeat at every re-open of a failing device.
     rate_warning: RateLimit,
     mode_warning: RateLimit,
+    controls_warning: RateLimit,
 }
 
 /// An open, streaming device. Field order is drop order: buffers unmapped before the fd closes.
@@ -83,6 +85,7 @@ impl V4l2Source {
             cam: None,
             rate_warning: RateLimit::new(REPEAT_EVERY),
             mode_warning: RateLimit::new(REPEAT_EVERY),
+            controls_warning: RateLimit::new(REPEAT_EVERY),
         }
     }
 }
@@ -140,6 +143,13 @@ impl V4l2Source {
             }
         }
         let fps = interval.map_or(0.0, negotiate::fps_of);
+        // `[camera.controls]`, at every open: a replugged camera has lost them.
+        let (controls, failed) = controls::apply(&dev, &self.opts.controls);
+        if !failed.is_empty() {
+            if let Some(held_back) = self.controls_warning.allow() {
+                warn!(device = %path, held_back, failed = ?failed, "some [camera.controls] not applied");
+            }
+        }
         let substituted =
             !choice.notes.is_empty() || (fmt.width, fmt.height) != (choice.width, choice.height);
         if let Some(held_back) = substituted.then(|| self.mode_warning.allow()).flatten() {
@@ -175,7 +185,8 @@ impl V4l2Source {
             Duration::ZERO
         };
         info!(device = %path, card = %caps.card, driver = %caps.driver, buffers = stream.buffers(),
-              workers = encoders.as_ref().map_or(0, |_| self.opts.workers.max(1)), "streaming");
+              workers = encoders.as_ref().map_or(0, |_| self.opts.workers.max(1)), controls,
+              "streaming");
         let passthrough = encoders.is_none();
         let live = Live {
             stream,

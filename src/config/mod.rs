@@ -3,6 +3,7 @@
 //! Every field has a documented default, unknown keys are refused, and every error names the key and
 //! the reason in one line (`config/beltcam.example.toml` shows them all).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -172,6 +173,34 @@ pub struct CameraConfig {
     /// `[camera.record]`: keep frames on disk. Default: not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordConfig>,
+    /// `[camera.controls]`: V4L2 control name -> integer value, set at start and after every
+    /// reconnect (`v4l2:` cameras only). Names as `GET /cam/NAME/controls` and `v4l2-ctl
+    /// --list-ctrls` show them (`brightness`, `white_balance_automatic`); at most 32. Default none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controls: BTreeMap<String, i64>,
+}
+
+/// Most entries in one `[camera.controls]` table.
+pub const MAX_CONTROL_SETTINGS: usize = 32;
+
+/// A control name as V4L2 names normalise (`capture::v4l2::controls::normalise`): 1 to 31
+/// lowercase ASCII letters, digits and single `_` between them.
+fn validate_control_name(name: &str) -> Result<(), String> {
+    let ok = (1..=31).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.starts_with('_')
+        && !name.ends_with('_')
+        && !name.contains("__");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a control name (lowercase letters, digits and `_`, as \
+             `GET /cam/NAME/controls` lists them, e.g. `brightness`)"
+        ))
+    }
 }
 
 /// `[camera.record]`: frames kept on disk at a fixed rate, with retention and a free-space guard.
@@ -288,6 +317,7 @@ impl CameraConfig {
             encode_workers: default_encode_workers(),
             idle_stop_s: 0.0,
             record: None,
+            controls: BTreeMap::new(),
         }
     }
 }
@@ -343,13 +373,15 @@ pub struct CameraSettings {
     pub record: Option<RecordSettings>,
 }
 
-/// Tunables of a V4L2 camera (config keys `buffers` and `encode_workers`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Tunables of a V4L2 camera (config keys `buffers`, `encode_workers` and `[camera.controls]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct V4l2Options {
     /// MMAP buffers requested from the driver (it may grant another number). Default 4.
     pub buffers: u32,
     /// Encode worker threads for raw formats. Default 2.
     pub workers: usize,
+    /// `[camera.controls]`, applied at every open. Default none.
+    pub controls: Vec<(String, i64)>,
 }
 
 impl V4l2Options {
@@ -373,6 +405,7 @@ impl Default for V4l2Options {
         V4l2Options {
             buffers: 4,
             workers: 2,
+            controls: Vec::new(),
         }
     }
 }
@@ -517,9 +550,23 @@ impl Config {
                     format!("must be 1..=100 (got {})", c.quality),
                 ));
             }
+            if !c.controls.is_empty() && !matches!(source, SourceSpec::V4l2 { .. }) {
+                return Err(err(key("controls"), "controls apply to v4l2: cameras only"));
+            }
+            if c.controls.len() > MAX_CONTROL_SETTINGS {
+                return Err(err(
+                    key("controls"),
+                    format!("at most {MAX_CONTROL_SETTINGS} controls"),
+                ));
+            }
+            for name in c.controls.keys() {
+                validate_control_name(name)
+                    .map_err(|r| err(key(&format!("controls.{name}")), r))?;
+            }
             let v4l2 = V4l2Options {
                 buffers: c.buffers,
                 workers: c.encode_workers,
+                controls: c.controls.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             };
             v4l2.validate().map_err(|(k, r)| err(key(k), r))?;
             let record = c.record.as_ref().map(|r| r.validate(key)).transpose()?;
@@ -727,6 +774,61 @@ mod tests {
         let text = format!("[limits]\ntrusted_proxies = [{}]\n", many.join(", "));
         let e = Config::parse(&text).unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("limits.trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn camera_controls_are_a_bounded_table_of_names() {
+        let cam = |src: &str, table: &str| {
+            format!("[[camera]]\nname = \"a\"\nsource = \"{src}\"\n[camera.controls]\n{table}")
+        };
+        let s = Config::parse(&cam(
+            "v4l2:/dev/video0",
+            "brightness = 200\nwhite_balance_automatic = 0\nhue = -5\n",
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            s.cameras[0].v4l2.controls,
+            [
+                ("brightness".to_string(), 200),
+                ("hue".to_string(), -5),
+                ("white_balance_automatic".to_string(), 0)
+            ]
+        );
+        let none = Config::parse("[[camera]]\nname = \"a\"\nsource = \"/dev/video0\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(none.cameras[0].v4l2.controls.is_empty());
+        for (text, key) in [
+            (cam("synthetic", "brightness = 1\n"), "camera[0].controls"),
+            (
+                cam("v4l2:/dev/video0", "\"White Balance\" = 1\n"),
+                "camera[0].controls.White Balance",
+            ),
+            (
+                cam("v4l2:/dev/video0", "a__b = 1\n"),
+                "camera[0].controls.a__b",
+            ),
+            (
+                cam("v4l2:/dev/video0", &format!("{} = 1\n", "y".repeat(32))),
+                "camera[0].controls.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy",
+            ),
+            (
+                cam(
+                    "v4l2:/dev/video0",
+                    &(0..33).map(|i| format!("c{i} = 1\n")).collect::<String>(),
+                ),
+                "camera[0].controls",
+            ),
+        ] {
+            let e = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        // Values are integers.
+        let e = Config::parse(&cam("v4l2:/dev/video0", "brightness = \"high\"\n")).unwrap_err();
+        assert!(e.to_string().contains("brightness"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub enum Method {
     Get,
     Head,
     Post,
+    Put,
     Delete,
     Other,
 }
@@ -95,6 +96,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, ParseError> {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         "POST" => Method::Post,
+        "PUT" => Method::Put,
         "DELETE" => Method::Delete,
         _ => Method::Other,
     };

@@ -17,6 +17,10 @@ pub enum Route {
     State(usize),
     /// What a recording camera keeps on disk.
     Recordings(usize),
+    /// A V4L2 camera's controls (`GET /cam/NAME/controls`).
+    Controls(usize),
+    /// Sets one control (`PUT /cam/NAME/controls/CONTROL`); the name is the path's last segment.
+    ControlSet(usize),
     Metrics,
     /// Server-Sent Events; `?camera=NAME` is resolved by the server.
     Events,
@@ -30,7 +34,10 @@ impl Route {
     pub fn is_admin(self) -> bool {
         matches!(
             self,
-            Route::Sessions | Route::SessionClose(_) | Route::SessionsCloseOlder
+            Route::Sessions
+                | Route::SessionClose(_)
+                | Route::SessionsCloseOlder
+                | Route::ControlSet(_)
         )
     }
 
@@ -43,6 +50,7 @@ impl Route {
                 | Route::Snapshot(_)
                 | Route::Events
                 | Route::Recordings(_)
+                | Route::Controls(_)
         )
     }
 }
@@ -68,12 +76,20 @@ pub fn route(req: &Request, camera: impl Fn(&str) -> Option<usize>) -> Result<Ro
                 .map_err(|_| RouteError::NotFound)?;
             (Route::SessionClose(id), "DELETE")
         }
+        p if control_path(p).is_some() => {
+            let (cam, _) = control_path(p).ok_or(RouteError::NotFound)?;
+            (
+                Route::ControlSet(camera(cam).ok_or(RouteError::NotFound)?),
+                "PUT",
+            )
+        }
         _ => (read_route(req, camera)?, READ),
     };
     let ok = match req.method {
         Method::Get => allow.contains("GET"),
         Method::Head => allow.contains("HEAD"),
         Method::Post => allow == "POST",
+        Method::Put => allow == "PUT",
         Method::Delete => allow == "DELETE",
         Method::Other => false,
     };
@@ -110,8 +126,16 @@ fn camera_route(path: &str, camera: &impl Fn(&str) -> Option<usize>) -> Option<R
         "snapshot" => Some(Route::Snapshot(idx)),
         "state" => Some(Route::State(idx)),
         "recordings" => Some(Route::Recordings(idx)),
+        "controls" => Some(Route::Controls(idx)),
         _ => None,
     }
+}
+
+/// `/cam/CAMERA/controls/CONTROL`: the camera's and the control's names (neither empty).
+pub fn control_path(path: &str) -> Option<(&str, &str)> {
+    let (cam, control) = path.strip_prefix("/cam/")?.split_once("/controls/")?;
+    let ok = |s: &str| !s.is_empty() && !s.contains('/');
+    (ok(cam) && ok(control)).then_some((cam, control))
 }
 
 #[cfg(test)]
@@ -224,6 +248,44 @@ mod tests {
         );
         assert!(Route::SessionClose(1).is_admin() && !Route::Metrics.is_admin());
         assert!(Route::Events.is_viewer() && !Route::Health.is_viewer());
+    }
+
+    #[test]
+    fn control_urls() {
+        assert_eq!(
+            r("GET /cam/back/controls HTTP/1.1\r\n\r\n"),
+            Ok(Route::Controls(1))
+        );
+        assert_eq!(
+            r("PUT /cam/front/controls/brightness?value=3 HTTP/1.1\r\n\r\n"),
+            Ok(Route::ControlSet(0))
+        );
+        assert_eq!(
+            r("GET /cam/front/controls/brightness HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("PUT"))
+        );
+        assert_eq!(
+            r("PUT /cam/front/controls HTTP/1.1\r\n\r\n"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD"))
+        );
+        assert_eq!(
+            r("PUT /cam/side/controls/brightness HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            r("PUT /cam/front/controls/a/b HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            r("PUT /cam/front/controls/ HTTP/1.1\r\n\r\n"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            control_path("/cam/front/controls/white_balance_automatic"),
+            Some(("front", "white_balance_automatic"))
+        );
+        assert!(Route::ControlSet(0).is_admin() && !Route::ControlSet(0).is_viewer());
+        assert!(Route::Controls(0).is_viewer() && !Route::Controls(0).is_admin());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use super::respond::{refuse, send};
-use super::{admin, deliver, page, sse, Count, Server};
+use super::{admin, controls, deliver, page, sse, Count, Server};
 use crate::admit::auth::{Auth, Denied};
 use crate::admit::forwarded;
 use crate::admit::ipguard::Refusal;
@@ -178,6 +178,12 @@ pub async fn handle<C: Conn>(
                 "text/plain; version=0.0.4; charset=utf-8",
                 obs::metrics::render(&app.snapshot()),
             )),
+            Ok((Route::Controls(pos), None)) => Some(controls::list(&live.cameras[pos]).await),
+            Ok((Route::ControlSet(pos), None)) => {
+                let deadline = Instant::now() + live.settings.request_timeout;
+                let cam = &live.cameras[pos];
+                Some(controls::set(&mut conn, &mut buf_back, &req, cam, deadline).await)
+            }
             Ok((Route::Sessions, None)) => Some(admin::list(&app, &live)),
             Ok((Route::SessionClose(id), None)) => Some(admin::close(&app, id)),
             Ok((Route::SessionsCloseOlder, None)) => Some(admin::close_older(&app, &req)),

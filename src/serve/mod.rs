@@ -6,6 +6,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod conn;
+pub(crate) mod controls;
 pub(crate) mod deliver;
 pub(crate) mod page;
 pub(crate) mod respond;
