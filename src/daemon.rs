@@ -160,6 +160,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!(threads, "threads");
     keep!(max_sessions, "limits.max_sessions");
     keep!(max_event_subscribers, "limits.max_event_subscribers");
+    keep!(tap, "tap");
     kept
 }
 
@@ -218,6 +219,7 @@ pub fn start(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let tap = settings.tap.clone();
     let server = Arc::new(Server::new(
         settings,
         auth,
@@ -229,6 +231,23 @@ pub fn start(
     ));
     for c in &mut captures {
         c.start()?;
+    }
+    if let Some(t) = tap {
+        // The tap serves the cameras configured at start (a reload's camera changes reach it after
+        // a restart; see README "Frame tap").
+        let counters = Arc::new(capture::tap::TapCounters::default());
+        server.attach_tap(Arc::clone(&counters));
+        let tap = capture::tap::Tap {
+            socket: t.socket,
+            group: t.group,
+            cameras: captures.iter().map(|c| Arc::clone(&c.camera)).collect(),
+            counters,
+            stopping: Arc::clone(&shutdown),
+        };
+        std::thread::Builder::new()
+            .name("tap".into())
+            .spawn(move || tap.run())
+            .map_err(|e| format!("cannot start the frame tap thread: {e}"))?;
     }
     let (done_tx, serving_done) = mpsc::channel();
     let (started_tx, started_rx) = mpsc::channel();

@@ -78,3 +78,7 @@ pub const EVENT_BACKLOG: usize = 256;
 
 /// Lines of a viewers credentials file.
 pub const MAX_VIEWER_CREDENTIALS: usize = 256;
+
+/// Frames in each tapped camera's ring (`capture::tap`): a tap subscriber has about this many frame
+/// periods to copy one before it is overwritten.
+pub const TAP_RING_SLOTS: usize = 4;

@@ -15,6 +15,7 @@ pub mod jpeg;
 pub(crate) mod record;
 pub(crate) mod relay;
 pub mod synthetic;
+pub(crate) mod tap;
 pub(crate) mod v4l2;
 pub(crate) mod workers;
 

@@ -45,9 +45,66 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[tap]`: the local frame tap for ML processes on the box (docs/tap.md). Default: off.
+    #[serde(default)]
+    pub tap: TapConfig,
     /// `[[camera]]` tables. Empty: `/dev/video0` if present, else a synthetic test pattern.
     #[serde(default, rename = "camera")]
     pub cameras: Vec<CameraConfig>,
+}
+
+/// `[tap]`: the local frame tap (`docs/tap.md`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapConfig {
+    /// The Unix socket subscribers connect to, e.g. `/run/beltcam/tap.sock`. Unset: no tap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// The group (name or number) whose members may connect (the socket is mode 0660). Default:
+    /// the daemon's own group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// `[tap]`, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapSettings {
+    pub socket: PathBuf,
+    pub group: Option<u32>,
+}
+
+impl TapConfig {
+    fn validate(&self) -> Result<Option<TapSettings>, ConfigError> {
+        let Some(socket) = &self.socket else {
+            if self.group.is_some() {
+                return Err(err("tap.group", "needs tap.socket"));
+            }
+            return Ok(None);
+        };
+        if !socket.is_absolute() || socket.as_os_str().len() > 100 {
+            return Err(err(
+                "tap.socket",
+                format!(
+                    "{} must be an absolute path of at most 100 bytes",
+                    socket.display()
+                ),
+            ));
+        }
+        let group = match &self.group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => match nix::unistd::Group::from_name(g) {
+                    Ok(Some(grp)) => grp.gid.as_raw(),
+                    _ => return Err(err("tap.group", format!("no group {g:?}"))),
+                },
+            }),
+        };
+        Ok(Some(TapSettings {
+            socket: socket.clone(),
+            group,
+        }))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -360,6 +417,8 @@ pub struct Settings {
     /// The worst-case memory of this configuration, and the budget it was checked against.
     pub budget: Budget,
     pub memory_budget_mb: u64,
+    /// The frame tap, when `[tap] socket` is set.
+    pub tap: Option<TapSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -586,7 +645,20 @@ impl Config {
                 record,
             });
         }
-        let budget = estimate_budget(&cameras);
+        let tap = self.tap.validate()?;
+        let mut budget = estimate_budget(&cameras);
+        if tap.is_some() {
+            let n = cameras.len().max(1) as u64;
+            let bytes = n * (crate::limits::TAP_RING_SLOTS * crate::limits::SLOT_BYTES) as u64;
+            budget.items.push(budget::Item {
+                what: format!(
+                    "frame tap rings ({n} cameras x {} slots, made when first tapped)",
+                    crate::limits::TAP_RING_SLOTS
+                ),
+                bytes,
+            });
+            budget.total_bytes += bytes;
+        }
         if budget.total_mib() > l.memory_budget_mb {
             let big = budget
                 .items
@@ -624,6 +696,7 @@ impl Config {
             cameras,
             budget,
             memory_budget_mb: l.memory_budget_mb,
+            tap,
         })
     }
 }

@@ -81,7 +81,7 @@ pub fn stats(snap: &Snapshot) -> Value {
         .collect();
     let (s, c, g, e) = (&snap.sessions, &snap.server, &snap.guard, &snap.events);
     let pool = snap.cameras.first().map(|c| c.pool).unwrap_or_default();
-    json!({
+    let mut v = json!({
         "io_backend": snap.backend,
         "uptime_s": snap.uptime.as_secs_f64(),
         "sessions": {
@@ -128,7 +128,11 @@ pub fn stats(snap: &Snapshot) -> Value {
             "open_fds": snap.process.open_fds,
             "threads": snap.process.threads,
         },
-    })
+    });
+    if let Some(t) = &snap.tap {
+        v["tap"] = json!({ "consumers": t });
+    }
+    v
 }
 
 /// A rate for ustreamer's integer fps fields (its meters count frames per whole second).
@@ -339,6 +343,7 @@ pub(crate) mod tests {
             },
             wedged: None,
             latency: Default::default(),
+            tap: None,
         }
     }
 

@@ -227,6 +227,19 @@ pub struct ProcessStats {
     pub threads: usize,
 }
 
+/// A frame tap subscriber (`[tap]`, see `capture::tap`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TapConsumerStats {
+    pub id: u64,
+    pub camera: String,
+    /// The rate it asked for (`None`: every frame).
+    pub fps: Option<f64>,
+    /// Frames announced to it.
+    pub announced: u64,
+    /// Announcements it missed because its socket was full (it was not reading).
+    pub dropped: u64,
+}
+
 /// Everything the views show, gathered once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -245,4 +258,6 @@ pub struct Snapshot {
     pub wedged: Option<String>,
     /// Latency of non-stream requests.
     pub latency: HistogramStats,
+    /// Frame tap subscribers, when the tap is on.
+    pub tap: Option<Vec<TapConsumerStats>>,
 }

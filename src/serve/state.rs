@@ -95,6 +95,8 @@ pub struct Server {
     pub pending: Arc<PendingTable>,
     /// Refused connections being closed gracefully right now (see `respond::refuse`).
     pub lingering: AtomicUsize,
+    /// The frame tap's subscribers, for the views (`attach_tap`).
+    tap: std::sync::OnceLock<Arc<crate::capture::tap::TapCounters>>,
     counters: Counters,
 }
 
@@ -130,6 +132,7 @@ impl Server {
                 MAX_IDLE_KEEPALIVE_PER_IP,
             )),
             lingering: AtomicUsize::new(0),
+            tap: std::sync::OnceLock::new(),
             counters: Counters::default(),
         }
     }
@@ -155,6 +158,11 @@ impl Server {
             Err(poisoned) => poisoned.into_inner(),
         };
         std::mem::replace(&mut *slot, new)
+    }
+
+    /// Shows the frame tap's subscribers in `/stats`.
+    pub fn attach_tap(&self, counters: Arc<crate::capture::tap::TapCounters>) {
+        let _ = self.tap.set(counters);
     }
 
     pub fn count(&self, what: Count) {
@@ -225,6 +233,7 @@ impl Server {
             },
             wedged: self.health.wedged(),
             latency: self.latency.stats(),
+            tap: self.tap.get().map(|t| t.stats()),
         }
     }
 }

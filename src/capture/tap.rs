@@ -1,0 +1,585 @@
+//! The local frame tap: processes on the same box (the belt's inference) get each camera's newest
+//! JPEG frames without the daemon copying a frame per consumer, and a consumer that stops reading
+//! can never block capture or hold a pool slot. The protocol is written down in `docs/tap.md`; a
+//! stdlib-only Python client is `clients/beltcam_tap.py`.
+//!
+//! How: each tapped camera has a ring of `RING_SLOTS` slots in one memfd. When a camera with
+//! subscribers publishes a frame, this thread copies it once into the ring (a seqlock-style header
+//! per slot: the sequence number is cleared before the bytes change and set after) and announces it
+//! on every due subscriber's `SOCK_SEQPACKET` socket (`FRAME slot seq len ts w h`), never blocking: a
+//! subscriber whose socket is full misses that announcement (counted). Subscribers map the memfd
+//! read-only (it is passed with `SCM_RIGHTS` when they subscribe), copy the bytes and check the
+//! slot's sequence number again: a frame overwritten under them is detected, not misread.
+//!
+//! Bounded: at most `MAX_TAP_CONSUMERS` subscribers, a subscribe line of at most 256 bytes read
+//! within 2 s, rings created only for cameras someone taps (and kept), one thread for all of it.
+//! A subscriber holds the camera's `Demand` (capture on demand starts for it).
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tracing::{info, warn};
+
+use super::{Camera, Demand};
+use crate::limits::MAX_JPEG_BYTES;
+use crate::obs::stats::TapConsumerStats;
+
+/// Frames a ring holds: a subscriber has about this many frame periods to copy one.
+pub const RING_SLOTS: usize = crate::limits::TAP_RING_SLOTS;
+/// Bytes of a slot's header (see `docs/tap.md`).
+pub const SLOT_HEADER: usize = 64;
+/// Bytes of a slot: its header and the largest JPEG, rounded up to 64 (every header, and so every
+/// sequence number, stays aligned).
+pub const SLOT_SIZE: usize = (SLOT_HEADER + MAX_JPEG_BYTES).next_multiple_of(64);
+/// Subscribers at once.
+pub const MAX_TAP_CONSUMERS: usize = 16;
+/// `BTAP`, little-endian, at the start of every slot header.
+const MAGIC: u32 = u32::from_le_bytes(*b"BTAP");
+const MAX_LINE: usize = 256;
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A subscriber, as `/stats` shows it.
+#[derive(Default)]
+pub struct TapCounters {
+    consumers: Mutex<Vec<TapConsumerStats>>,
+}
+
+impl TapCounters {
+    pub fn stats(&self) -> Vec<TapConsumerStats> {
+        self.consumers.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// One camera's ring: the memfd and the daemon's read-write mapping of it.
+struct Ring {
+    fd: OwnedFd,
+    map: *mut u8,
+    len: usize,
+    next_slot: usize,
+}
+
+impl Ring {
+    fn new(camera: &str) -> std::io::Result<Ring> {
+        let name = std::ffi::CString::new(format!("beltcam-tap-{camera}"))
+            .map_err(|_| std::io::Error::other("camera name"))?;
+        // SAFETY: a plain syscall with a valid C string.
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new fd we own from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = RING_SLOTS * SLOT_SIZE;
+        // SAFETY: plain syscalls on the fd we own.
+        unsafe {
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // No one may resize it under a consumer's mapping (a SIGBUS for them).
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            );
+        }
+        // SAFETY: maps `len` bytes of the fd we own, shared, read-write; checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Ring {
+            fd,
+            map: map.cast(),
+            len,
+            next_slot: 0,
+        })
+    }
+
+    /// The slot's sequence number field, as an atomic (the memory is shared with readers).
+    fn seq(&self, slot: usize) -> &AtomicU64 {
+        // SAFETY: 8-aligned (page-aligned map, SLOT_SIZE a multiple of 64, offset 8) and
+        // inside the mapping, which lives as long as `self`.
+        unsafe { &*(self.map.add(slot * SLOT_SIZE + 8).cast::<AtomicU64>()) }
+    }
+
+    /// Copies a frame into the next slot: sequence cleared first, bytes and header, then the
+    /// sequence set (Release), so a reader that sees the same sequence before and after its copy
+    /// read a whole frame. Returns the slot.
+    fn write(&mut self, seq: u64, jpeg: &[u8], ts_us: u64, w: u32, h: u32) -> usize {
+        let slot = self.next_slot;
+        self.next_slot = (slot + 1) % RING_SLOTS;
+        self.seq(slot).store(0, Ordering::Release);
+        std::sync::atomic::fence(Ordering::Release);
+        let n = jpeg.len().min(MAX_JPEG_BYTES);
+        // SAFETY: the slot lies inside the mapping; this thread is its only writer; readers map it
+        // read-only and check the sequence around their copy.
+        unsafe {
+            let base = self.map.add(slot * SLOT_SIZE);
+            std::ptr::copy_nonoverlapping(jpeg.as_ptr(), base.add(SLOT_HEADER), n);
+            let put = |off: usize, bytes: &[u8]| {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len())
+            };
+            put(0, &MAGIC.to_le_bytes());
+            put(4, &1u32.to_le_bytes()); // header version
+            put(16, &(n as u32).to_le_bytes());
+            put(20, &w.to_le_bytes());
+            put(24, &h.to_le_bytes());
+            put(32, &ts_us.to_le_bytes());
+        }
+        self.seq(slot).store(seq, Ordering::Release);
+        slot
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
+struct Consumer {
+    id: u64,
+    fd: AsyncFd<OwnedFd>,
+    camera: usize,
+    period: Option<Duration>,
+    last: Option<Instant>,
+    _demand: Demand,
+    stat: TapConsumerStats,
+}
+
+/// The tap: its socket and the cameras it serves.
+pub struct Tap {
+    pub socket: PathBuf,
+    pub group: Option<u32>,
+    pub cameras: Vec<Arc<Camera>>,
+    pub counters: Arc<TapCounters>,
+    pub stopping: Arc<crate::shutdown::Shutdown>,
+}
+
+impl Tap {
+    /// Binds the socket (replacing a stale one), then serves on this thread until shutdown.
+    pub fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                warn!(%e, "frame tap disabled: cannot build its runtime");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.serve());
+    }
+
+    async fn serve(self) {
+        let listener = match bind_seqpacket(&self.socket, self.group) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(socket = %self.socket.display(), %e, "frame tap disabled: cannot listen");
+                return;
+            }
+        };
+        info!(socket = %self.socket.display(), "frame tap listening");
+        // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same fd, until it drops.
+        let listener =
+            match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(%e, "frame tap disabled");
+                    return;
+                }
+            };
+        let consumers: Rc<std::cell::RefCell<Vec<Consumer>>> = Rc::default();
+        let rings: Rc<std::cell::RefCell<HashMap<usize, Ring>>> = Rc::default();
+        // One task per camera: a new frame goes into its ring once, then to its due subscribers.
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let (cam, consumers, rings, counters) = (
+                Arc::clone(cam),
+                Rc::clone(&consumers),
+                Rc::clone(&rings),
+                Arc::clone(&self.counters),
+            );
+            tokio::task::spawn_local(async move {
+                let mut rx = cam.subscribe();
+                while rx.changed().await.is_ok() {
+                    announce(i, &cam, &consumers, &rings);
+                    publish_stats(&consumers, &counters);
+                }
+            });
+        }
+        let mut shutdown = self.stopping.subscribe();
+        let mut next_id = 1;
+        loop {
+            let ready = tokio::select! {
+                r = listener.readable() => r,
+                _ = crate::shutdown::triggered(&mut shutdown) => break,
+            };
+            let Ok(mut guard) = ready else { break };
+            // SAFETY: accept4 on our listening socket; a returned fd is new and ours.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.get_ref().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                guard.clear_ready();
+                continue;
+            }
+            // SAFETY: see above.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let id = next_id;
+            next_id += 1;
+            let (cameras, consumers, rings, counters) = (
+                self.cameras.clone(),
+                Rc::clone(&consumers),
+                Rc::clone(&rings),
+                Arc::clone(&self.counters),
+            );
+            tokio::task::spawn_local(async move {
+                match subscribe(id, fd, &cameras, &consumers, &rings).await {
+                    Ok(()) => publish_stats(&consumers, &counters),
+                    Err(e) => tracing::debug!(consumer = id, %e, "tap subscription refused"),
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Reads the `SUBSCRIBE` line, answers `OK` with the ring's fd or `ERR`, registers the consumer.
+async fn subscribe(
+    id: u64,
+    fd: OwnedFd,
+    cameras: &[Arc<Camera>],
+    consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>,
+    rings: &Rc<std::cell::RefCell<HashMap<usize, Ring>>>,
+) -> std::io::Result<()> {
+    // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same fd, until it drops.
+    let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut buf = [0u8; MAX_LINE];
+    let n = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+        loop {
+            let mut g = fd.readable().await?;
+            // SAFETY: recv into our buffer on our socket.
+            let n = unsafe {
+                libc::recv(
+                    fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok::<usize, std::io::Error>(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            g.clear_ready();
+        }
+    })
+    .await
+    .map_err(|_| std::io::Error::other("no SUBSCRIBE within 2 s"))??;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let refuse = |why: String| {
+        let _ = send(
+            fd.get_ref().as_raw_fd(),
+            format!("ERR {why}\n").as_bytes(),
+            None,
+        );
+        Err(std::io::Error::other(why))
+    };
+    let (camera, period) = match parse_subscribe(line.trim_end()) {
+        Ok(s) => s,
+        Err(why) => return refuse(why),
+    };
+    let Some(i) = cameras.iter().position(|c| c.name == camera) else {
+        return refuse(format!("no camera {camera:?}"));
+    };
+    if consumers.borrow().len() >= MAX_TAP_CONSUMERS {
+        return refuse(format!("{MAX_TAP_CONSUMERS} consumers already"));
+    }
+    let ring_fd = {
+        let mut rings = rings.borrow_mut();
+        match rings.entry(i) {
+            std::collections::hash_map::Entry::Occupied(r) => r.get().fd.as_raw_fd(),
+            std::collections::hash_map::Entry::Vacant(v) => match Ring::new(&camera) {
+                Ok(r) => v.insert(r).fd.as_raw_fd(),
+                Err(e) => return refuse(format!("cannot make the ring: {e}")),
+            },
+        }
+    };
+    let ok = format!("OK {camera} slots={RING_SLOTS} slot_size={SLOT_SIZE} header={SLOT_HEADER}\n");
+    send(fd.get_ref().as_raw_fd(), ok.as_bytes(), Some(ring_fd))?;
+    let cam = &cameras[i];
+    info!(consumer = id, camera = %camera, fps = ?period.map(|p| 1.0 / p.as_secs_f64()), "tap consumer subscribed");
+    consumers.borrow_mut().push(Consumer {
+        id,
+        fd,
+        camera: i,
+        period,
+        last: None,
+        _demand: cam.demand(),
+        stat: TapConsumerStats {
+            id,
+            camera,
+            fps: period.map(|p| 1.0 / p.as_secs_f64()),
+            announced: 0,
+            dropped: 0,
+        },
+    });
+    Ok(())
+}
+
+/// `SUBSCRIBE CAMERA [fps=N]`: the camera and the least time between two announcements.
+fn parse_subscribe(line: &str) -> Result<(String, Option<Duration>), String> {
+    let mut words = line.split_ascii_whitespace();
+    if words.next() != Some("SUBSCRIBE") {
+        return Err("expected: SUBSCRIBE CAMERA [fps=N]".into());
+    }
+    let camera = words
+        .next()
+        .ok_or("SUBSCRIBE needs a camera name")?
+        .to_owned();
+    let mut period = None;
+    for w in words {
+        match w.strip_prefix("fps=").map(str::parse::<f64>) {
+            Some(Ok(f)) if f.is_finite() && (0.01..=240.0).contains(&f) => {
+                period = Some(Duration::from_secs_f64(1.0 / f))
+            }
+            _ => return Err(format!("bad option {w:?} (fps=0.01..240)")),
+        }
+    }
+    Ok((camera, period))
+}
+
+/// Copies camera `i`'s newest frame into its ring (once) and announces it to every due subscriber;
+/// drops the subscribers that went away.
+fn announce(
+    i: usize,
+    cam: &Camera,
+    consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>,
+    rings: &Rc<std::cell::RefCell<HashMap<usize, Ring>>>,
+) {
+    let mut consumers = consumers.borrow_mut();
+    if !consumers.iter().any(|c| c.camera == i) {
+        return;
+    }
+    let now = Instant::now();
+    let due = |c: &Consumer| {
+        c.camera == i
+            && c.period
+                .map_or(true, |p| c.last.map_or(true, |l| now - l >= p))
+    };
+    if !consumers.iter().any(due) {
+        return;
+    }
+    let Some(lease) = cam.pool.lease_newest() else {
+        return;
+    };
+    let m = *lease.meta();
+    if m.is_placeholder() {
+        return;
+    }
+    let mut rings = rings.borrow_mut();
+    let Some(ring) = rings.get_mut(&i) else {
+        return;
+    };
+    let slot = ring.write(m.seq, lease.jpeg(), m.timestamp_us, m.width, m.height);
+    drop(lease);
+    let msg = format!(
+        "FRAME {slot} {} {} {} {} {}\n",
+        m.seq,
+        m.jpeg_len(),
+        m.timestamp_us,
+        m.width,
+        m.height
+    );
+    consumers.retain_mut(|c| {
+        if !due(c) {
+            return true;
+        }
+        match send(c.fd.get_ref().as_raw_fd(), msg.as_bytes(), None) {
+            Ok(()) => {
+                c.last = Some(now);
+                c.stat.announced += 1;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                c.stat.dropped += 1;
+                true
+            }
+            Err(_) => {
+                info!(consumer = c.id, "tap consumer gone");
+                false
+            }
+        }
+    });
+}
+
+fn publish_stats(consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>, counters: &TapCounters) {
+    if let Ok(mut s) = counters.consumers.lock() {
+        s.clear();
+        s.extend(consumers.borrow().iter().map(|c| c.stat.clone()));
+    }
+}
+
+/// One message, never blocking; with `fd`, passed along (`SCM_RIGHTS`).
+fn send(sock: RawFd, msg: &[u8], fd: Option<RawFd>) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    // Room for one fd's control message.
+    let mut cmsg_buf = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the sendmsg call.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: the control buffer is large enough for CMSG_SPACE(sizeof(int)) and aligned for
+        // cmsghdr; CMSG_FIRSTHDR/CMSG_DATA point inside it.
+        unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+            hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+            hdr.msg_controllen = space as _;
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        }
+    }
+    // SAFETY: sendmsg on our socket with the header built above.
+    let n = unsafe { libc::sendmsg(sock, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A `SOCK_SEQPACKET` listening socket at `path` (a stale socket file is replaced), mode 0660 and
+/// owned by `group` when given.
+fn bind_seqpacket(path: &std::path::Path, group: Option<u32>) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::other("socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(std::io::Error::other("exists and is not a socket"));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // SAFETY: plain syscalls; the fd is checked and owned right after.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: bind and listen on our socket with a valid address.
+    unsafe {
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        ) != 0
+            || libc::listen(fd.as_raw_fd(), 16) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_lines() {
+        assert_eq!(
+            parse_subscribe("SUBSCRIBE belt").unwrap(),
+            ("belt".into(), None)
+        );
+        let (_, p) = parse_subscribe("SUBSCRIBE belt fps=2").unwrap();
+        assert_eq!(p, Some(Duration::from_millis(500)));
+        for bad in [
+            "",
+            "HELLO",
+            "SUBSCRIBE",
+            "SUBSCRIBE belt fps=0",
+            "SUBSCRIBE belt fps=x",
+            "SUBSCRIBE belt x=1",
+        ] {
+            assert!(parse_subscribe(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_slot_is_whole_or_marked() {
+        let mut r = Ring::new("unit").unwrap();
+        let slot = r.write(7, b"\xff\xd8jpeg\xff\xd9", 123, 4, 2);
+        assert_eq!(slot, 0);
+        assert_eq!(r.seq(0).load(Ordering::Acquire), 7);
+        // SAFETY: reading inside the mapping, no writer running.
+        let hdr = unsafe { std::slice::from_raw_parts(r.map, SLOT_HEADER + 8) };
+        assert_eq!(&hdr[0..4], b"BTAP");
+        assert_eq!(u32::from_le_bytes(hdr[16..20].try_into().unwrap()), 8);
+        assert_eq!(&hdr[SLOT_HEADER..SLOT_HEADER + 8], b"\xff\xd8jpeg\xff\xd9");
+        assert_eq!(r.write(8, b"x", 0, 0, 0), 1);
+        for s in 2..RING_SLOTS + 1 {
+            assert_eq!(r.write(s as u64 + 7, b"x", 0, 0, 0), s % RING_SLOTS);
+        }
+    }
+}
