@@ -56,19 +56,6 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|p| {
-            Command::new(p)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
 /// Reads `/stream` as a non-browser client and logs (arrival ms, file index) for each frame, until
 /// `stop` is set or `until`.
 fn reference_reader(

@@ -14,21 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{get, skip, wait_for, Daemon, Viewer};
+use common::{chromium, get, skip, wait_for, Daemon, Viewer};
 use serde_json::{json, Value};
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
 
 /// A headless Chromium and its DevTools pipe.
 struct Cdp {

@@ -37,24 +37,6 @@ fn readme_block(marker: &str) -> String {
     body.split("\n```").next().unwrap().to_string() + "\n"
 }
 
-/// Whether `program` runs (`args` is a harmless version query); skips `test` when not.
-fn have(test: &str, program: &str, args: &[&str]) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip(
-            test,
-            &format!("{program} not installed (apt-get install {program})"),
-            &[],
-        );
-    }
-    ok
-}
-
 /// beltcam configured with the README's `[limits]` block for nginx (and nothing else: the default
 /// per-address limits, so a proxy that is not trusted would get the 9th viewer refused).
 fn beltcam_behind_nginx(source: &str, dir: &std::path::Path) -> Daemon {
@@ -353,23 +335,6 @@ impl ProxiedViewer {
     }
 }
 
-fn session_peers(port: u16) -> Vec<String> {
-    let (code, _, body) = get(port, "/sessions").unwrap();
-    assert_eq!(
-        code, 200,
-        "/sessions from loopback (the trusted proxy itself)"
-    );
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let list = v
-        .as_array()
-        .or_else(|| v["sessions"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .map(|s| s["peer"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 const FPS: u64 = 15;
 /// The slow viewer's receive buffer (see `request`).
 const SLOW_RCVBUF: usize = 16 * 1024;
@@ -378,7 +343,7 @@ const VIEWERS: usize = 20;
 #[test]
 fn twenty_viewers_through_the_recipe_are_admitted_at_full_rate() {
     let test = "twenty_viewers_through_the_recipe_are_admitted_at_full_rate";
-    if !have(test, "nginx", &["-v"]) || emulated_skip(test) {
+    if !have(test, "nginx", &["-v"], "nginx") || emulated_skip(test) {
         return;
     }
     let _heavy = heavy();
@@ -467,7 +432,7 @@ fn links(html: &str) -> Vec<String> {
 #[test]
 fn the_page_and_the_crowsnest_urls_work_under_the_prefix() {
     let test = "the_page_and_the_crowsnest_urls_work_under_the_prefix";
-    if !have(test, "nginx", &["-v"]) {
+    if !have(test, "nginx", &["-v"], "nginx") {
         return;
     }
     let dir = test_dir("page");
@@ -543,7 +508,7 @@ fn without_the_trusted_proxy_the_ninth_viewer_is_refused() {
     // What the README's `[limits]` block is for: the same nginx in front of a beltcam that does not
     // trust it counts every viewer as nginx, and its default 8 streams per address run out.
     let test = "without_the_trusted_proxy_the_ninth_viewer_is_refused";
-    if !have(test, "nginx", &["-v"]) {
+    if !have(test, "nginx", &["-v"], "nginx") {
         return;
     }
     let dir = test_dir("untrusted");
@@ -588,7 +553,7 @@ fn beltcam_headers_keep_a_buffering_nginx_from_holding_frames() {
     // `X-Accel-Buffering: no`. beltcam says it on /stream and /snapshot, so even a config without
     // the recipe's `proxy_buffering off` delivers each frame at once.
     let test = "beltcam_headers_keep_a_buffering_nginx_from_holding_frames";
-    if !have(test, "nginx", &["-v"]) {
+    if !have(test, "nginx", &["-v"], "nginx") {
         return;
     }
     let dir = test_dir("buffering");
@@ -641,7 +606,7 @@ fn median(v: &mut [f64]) -> f64 {
 #[test]
 fn a_slow_viewer_behind_the_recipe_keeps_a_bounded_latency() {
     let test = "a_slow_viewer_behind_the_recipe_keeps_a_bounded_latency";
-    if !have(test, "nginx", &["-v"]) || emulated_skip(test) {
+    if !have(test, "nginx", &["-v"], "nginx") || emulated_skip(test) {
         return;
     }
     let _heavy = heavy();
@@ -734,7 +699,7 @@ fn frigate_args(addr: &str) -> Vec<String> {
 #[test]
 fn frigate_ffmpeg_arguments_decode_the_stream() {
     let test = "frigate_ffmpeg_arguments_decode_the_stream";
-    if !have(test, "ffmpeg", &["-version"]) {
+    if !have(test, "ffmpeg", &["-version"], "ffmpeg") {
         return;
     }
     let d = Daemon::start(&["--source", "synthetic:320x240@15"]);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, parse_response, skip, Daemon};
+use common::{free_port, have, parse_response, Daemon};
 use serde_yaml_ng::Value;
 
 fn repo() -> PathBuf {
@@ -31,24 +31,6 @@ const ALERTS: [&str; 7] = [
     "BeltcamRecordingDiskLow",
 ];
 
-/// Whether `program --version` runs; skips `test` (a failure under CI=true) when it does not.
-fn have(test: &str, program: &str) -> bool {
-    let ok = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        skip(
-            test,
-            &format!("{program} not installed (apt-get install prometheus)"),
-            &[],
-        );
-    }
-    ok
-}
-
 fn promtool(args: &[&str]) -> (bool, String) {
     let out = Command::new("promtool")
         .args(args)
@@ -66,7 +48,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 #[test]
 fn promtool_checks_and_unit_tests_the_alert_rules() {
     let test = "promtool_checks_and_unit_tests_the_alert_rules";
-    if !have(test, "promtool") {
+    if !have(test, "promtool", &["--version"], "prometheus") {
         return;
     }
     let (ok, text) = promtool(&["check", "rules", RULES]);
@@ -241,7 +223,7 @@ fn sample(r: &serde_json::Value) -> f64 {
 #[test]
 fn prometheus_scrapes_beltcam_with_the_readme_config() {
     let test = "prometheus_scrapes_beltcam_with_the_readme_config";
-    if !have(test, "prometheus") {
+    if !have(test, "prometheus", &["--version"], "prometheus") {
         return;
     }
     let mut beltcam = Some(Daemon::start(&[]));

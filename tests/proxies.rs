@@ -46,20 +46,6 @@ fn open_from(src: &str, port: u16, path: &str, extra: &str) -> (u16, TcpStream) 
     (code, s)
 }
 
-fn session_peers(port: u16) -> Vec<String> {
-    let (code, _, body) = get(port, "/sessions").unwrap();
-    assert_eq!(code, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let list = v
-        .as_array()
-        .or_else(|| v["sessions"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .map(|s| s["peer"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 fn wait_sessions(port: u16, n: usize) -> Vec<String> {
     let mut peers = Vec::new();
     let ok = wait_for(Duration::from_secs(5), || {

@@ -540,3 +540,50 @@ pub fn decode(jpeg: &[u8]) -> (usize, usize) {
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
+
+/// Whether `program` runs (`args`: a harmless version query); when not, skips `test` (a failure
+/// under CI=true) naming the Debian package to install.
+pub fn have(test: &str, program: &str, args: &[&str], package: &str) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(
+            test,
+            &format!("{program} not installed (apt-get install {package})"),
+            &[],
+        );
+    }
+    ok
+}
+
+/// The installed Chromium (or Chrome), if any.
+pub fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// The peer address of every session `/sessions` lists (asked from loopback).
+pub fn session_peers(port: u16) -> Vec<String> {
+    let (code, _, body) = get(port, "/sessions").expect("/sessions answers");
+    assert_eq!(code, 200, "/sessions from loopback");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("/sessions is JSON");
+    v["sessions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
