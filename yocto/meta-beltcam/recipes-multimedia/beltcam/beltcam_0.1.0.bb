@@ -22,7 +22,7 @@ LIC_FILES_CHKSUM = " \
 # The kas files in yocto/kas/ build the checkout at hand instead (EXTERNALSRC), which drops this URL.
 SRC_URI = "git://github.com/beltcam/beltcam.git;protocol=https;branch=main;destsuffix=${BP}"
 # beltcam 0.1.0: the commit whose Cargo.lock beltcam-crates.inc lists (bump both together).
-SRCREV = "47902f82d4501580cc7aba627d27e03dcff8d693"
+SRCREV = "705010cf5cf9d07ad4a5b826b9aa676a2b287793"
 
 # Every registry crate in Cargo.lock with its checksum: bitbake fetches them, cargo builds --frozen.
 # Regenerate with scripts/gen-crates-inc.py (or `bitbake -c update_crates beltcam`) whenever
