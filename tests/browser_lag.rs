@@ -161,12 +161,7 @@ fn median(v: &mut [i64]) -> i64 {
 #[test]
 fn chromium_shows_each_frame_without_a_frame_of_lag() {
     let test = "chromium_shows_each_frame_without_a_frame_of_lag";
-    let Some(browser) = chromium() else {
-        skip(
-            test,
-            "chromium not installed (apt-get install chromium)",
-            &[],
-        );
+    let Some(browser) = chromium_for(test) else {
         return;
     };
     let _heavy = heavy();

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{chromium, get, skip, wait_for, Daemon, Viewer};
+use common::{chromium_for, get, wait_for, Daemon, Viewer};
 use serde_json::{json, Value};
 
 /// A headless Chromium and its DevTools pipe.
@@ -153,12 +153,7 @@ const READ_PAGE: &str = r#"(() => ({
 #[test]
 fn the_console_shows_every_camera_updates_live_and_closes_sessions() {
     let test = "the_console_shows_every_camera_updates_live_and_closes_sessions";
-    let Some(browser) = chromium() else {
-        skip(
-            test,
-            "chromium not installed (apt-get install chromium)",
-            &[],
-        );
+    let Some(browser) = chromium_for(test) else {
         return;
     };
     let _heavy = common::heavy();

@@ -627,9 +627,7 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
                     }
                     match r {
                         Ok(()) if cam.idle_due() => {
-                            source.close();
-                            cam.set_idle();
-                            if !cam.park_idle() {
+                            if !go_idle(&cam, source.as_mut()) {
                                 return;
                             }
                             backoff.reset();
@@ -657,9 +655,7 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
         }
         if cam.idle_due() {
             // Offline and nobody wants it: stop retrying until someone does.
-            source.close();
-            cam.set_idle();
-            if !cam.park_idle() {
+            if !go_idle(&cam, source.as_mut()) {
                 return;
             }
             backoff.reset();
@@ -671,6 +667,14 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
             return;
         }
     }
+}
+
+/// Capture on demand: closes the source, says `idle`, and parks until something wants frames (true)
+/// or the camera stops (false).
+fn go_idle(cam: &Camera, source: &mut dyn FrameSource) -> bool {
+    source.close();
+    cam.set_idle();
+    cam.park_idle()
 }
 
 /// How often an offline camera's viewers get the "NO SIGNAL" frame (a little under a second, so

@@ -560,6 +560,19 @@ pub fn have(test: &str, program: &str, args: &[&str], package: &str) -> bool {
     ok
 }
 
+/// The installed Chromium for `test`; when there is none, skips it (a failure under CI=true).
+pub fn chromium_for(test: &str) -> Option<&'static str> {
+    let browser = chromium();
+    if browser.is_none() {
+        skip(
+            test,
+            "chromium not installed (apt-get install chromium)",
+            &[],
+        );
+    }
+    browser
+}
+
 /// The installed Chromium (or Chrome), if any.
 pub fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
