@@ -1,7 +1,8 @@
 //! `[camera.record]` (issue 13, part 3) against the real binary: the rate, the dated layout and
 //! atomic files, retention by size and of what is already on disk (old files named days back),
 //! counting what a restart finds, and a nearly full file system (a small tmpfs) that pauses
-//! recording with `/health` degraded "disk low" and resumes by itself.
+//! recording with `/health` degraded "disk low" and resumes by itself; `quality` re-encodes
+//! (smaller files that decode), checked at parse time.
 
 mod common;
 
@@ -261,4 +262,85 @@ fn a_nearly_full_disk_pauses_recording_and_it_resumes() {
     );
     assert_eq!(health(&d)["status"], "ok");
     assert!(d.log_text().contains("recording resumed"));
+}
+
+fn check_config(cfg: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_beltcam"))
+        .args(["check-config", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn quality_reencodes_into_smaller_files_that_decode() {
+    let t = TempDir::new("quality");
+    let cfg = config(&t.0, "fps = 5\nquality = 10\n");
+    // check-config shows the key in the effective TOML.
+    let out = check_config(&cfg);
+    assert!(out.status.success(), "{out:?}");
+    let v: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(v["camera"][0]["record"]["quality"].as_integer(), Some(10));
+
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(6)));
+    let r = recording(&d);
+    assert_eq!(r["quality"], 10, "{r}");
+    assert_eq!(r["reencode_failed"], 0, "{r}");
+    // The camera's own frames (quality 80) as viewers get them.
+    let camera: Vec<usize> = (0..5)
+        .map(|_| {
+            let (code, _, body) = get(d.port, "/snapshot").unwrap();
+            assert_eq!(code, 200);
+            assert_eq!(decode(&body), (160, 120));
+            body.len()
+        })
+        .collect();
+    let all = files(&t.0.join("rec/belt"));
+    assert!(all.len() >= 6, "{all:?}");
+    let mut kept = Vec::new();
+    for p in &all {
+        let jpeg = std::fs::read(p).unwrap();
+        assert_eq!(decode(&jpeg), (160, 120), "{}", p.display());
+        kept.push(jpeg.len());
+    }
+    let avg = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    let (camera_avg, kept_avg) = (avg(&camera), avg(&kept));
+    eprintln!(
+        "camera frames {camera_avg:.0} bytes on average, recorded at quality 10: {kept_avg:.0}"
+    );
+    assert!(
+        kept_avg * 1.5 < camera_avg,
+        "recorded {kept_avg:.0} bytes on average, the camera's frames {camera_avg:.0}"
+    );
+    assert!(
+        kept.iter().max() < camera.iter().min(),
+        "{kept:?} vs {camera:?}"
+    );
+    // The bytes counted are the re-encoded ones.
+    let counted = r["bytes"].as_u64().unwrap() as f64 / r["files"].as_u64().unwrap() as f64;
+    assert!(counted < camera_avg, "{r}");
+    let (_, _, m) = get(d.port, "/metrics").unwrap();
+    assert!(String::from_utf8_lossy(&m)
+        .contains("beltcam_recording_reencode_failed_total{camera=\"belt\"} 0"));
+}
+
+#[test]
+fn quality_out_of_range_is_a_one_line_config_error() {
+    let t = TempDir::new("quality-bad");
+    for q in ["0", "101"] {
+        let out = check_config(&config(&t.0, &format!("quality = {q}\n")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "quality {q}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("camera[0].record.quality") && err.contains("1..=100"),
+            "{err}"
+        );
+    }
+    // An unknown key in the table is refused too (deny_unknown_fields).
+    let out = check_config(&config(&t.0, "qualty = 50\n"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -99,6 +99,13 @@ pub fn render(snap: &Snapshot) -> String {
         );
         family(
             o,
+            "beltcam_recording_reencode_failed_total",
+            "counter",
+            "Recorded frames written untouched because re-encoding them (quality) failed.",
+            &per_rec(&|r| V::I(r.reencode_failed)),
+        );
+        family(
+            o,
             "beltcam_recording_bytes",
             "gauge",
             "Bytes of recorded frames kept on disk.",

@@ -111,6 +111,8 @@ pub struct CameraView {
 pub struct RecordingStats {
     /// Where its files go (`DIR/CAMERA`).
     pub dir: String,
+    /// The JPEG quality frames are re-encoded at (`None`: the camera's bytes, untouched).
+    pub quality: Option<u8>,
     /// Frames written since start.
     pub written: u64,
     /// Periods skipped because a write took longer than the period.
@@ -119,6 +121,8 @@ pub struct RecordingStats {
     pub errors: u64,
     /// Files removed by retention since start.
     pub removed: u64,
+    /// Frames written untouched because re-encoding them (`quality`) failed.
+    pub reencode_failed: u64,
     /// Files and bytes kept on disk now.
     pub files: u64,
     pub bytes: u64,
