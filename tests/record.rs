@@ -2,7 +2,9 @@
 //! atomic files, retention by size and of what is already on disk (old files named days back),
 //! counting what a restart finds, and a nearly full file system (a small tmpfs) that pauses
 //! recording with `/health` degraded "disk low" and resumes by itself; `quality` re-encodes
-//! (smaller files that decode), checked at parse time.
+//! (smaller files that decode), checked at parse time; a slow disk (an ext4 on a loop device whose
+//! writes the kernel throttles for the daemon's cgroup) leaves capture at its rate while the
+//! recorder skips and counts.
 
 mod common;
 
@@ -343,4 +345,163 @@ fn quality_out_of_range_is_a_one_line_config_error() {
     // An unknown key in the table is refused too (deny_unknown_fields).
     let out = check_config(&config(&t.0, "qualty = 50\n"));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Runs a command; its stdout when it succeeded.
+fn sh(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A slow disk: an ext4 file system on a loop device, mounted at `mnt`, and a cgroup (v1 blkio)
+/// that lets its members write to that device `iops` times a second. Undone on drop.
+struct SlowDisk {
+    mnt: PathBuf,
+    loop_dev: String,
+    cgroup: PathBuf,
+}
+
+const BLKIO: &str = "/sys/fs/cgroup/blkio";
+
+impl SlowDisk {
+    fn new(dir: &Path, iops: u32) -> Result<SlowDisk, String> {
+        if !Path::new(BLKIO)
+            .join("blkio.throttle.write_iops_device")
+            .exists()
+        {
+            return Err(format!("no cgroup v1 blkio throttling ({BLKIO})"));
+        }
+        let img = dir.join("disk.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(64 << 20))
+            .map_err(|e| e.to_string())?;
+        sh("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]).ok_or("mkfs.ext4 failed")?;
+        let loop_dev = sh("losetup", &["-f", "--show", img.to_str().unwrap()])
+            .ok_or("losetup failed (needs root and loop devices)")?;
+        let cgroup = Path::new(BLKIO).join(format!("beltcam-test-slow-{}", std::process::id()));
+        let mnt = dir.join("rec");
+        let disk = SlowDisk {
+            mnt: mnt.clone(),
+            loop_dev: loop_dev.clone(),
+            cgroup: cgroup.clone(),
+        };
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        sh("mount", &[&loop_dev, mnt.to_str().unwrap()]).ok_or("mount failed")?;
+        let minor = loop_dev
+            .strip_prefix("/dev/loop")
+            .ok_or(format!("unexpected loop device {loop_dev}"))?;
+        std::fs::create_dir_all(&cgroup).map_err(|e| format!("cgroup: {e}"))?;
+        std::fs::write(
+            cgroup.join("blkio.throttle.write_iops_device"),
+            format!("7:{minor} {iops}"),
+        )
+        .map_err(|e| format!("throttle: {e}"))?;
+        Ok(disk)
+    }
+
+    /// Moves a process (all its threads) into the throttled cgroup.
+    fn slow_down(&self, pid: i32) {
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        // The daemon is gone, though a throttled write may still hold the mount for a moment.
+        let mnt = self.mnt.to_str().unwrap();
+        if !wait_for(Duration::from_secs(10), || sh("umount", &[mnt]).is_some()) {
+            let _ = sh("umount", &["-l", mnt]);
+        }
+        let _ = sh("losetup", &["-d", &self.loop_dev]);
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.cgroup).is_ok()
+        });
+    }
+}
+
+#[test]
+fn a_slow_disk_does_not_slow_capture() {
+    let _heavy = common::heavy();
+    let t = TempDir::new("slow");
+    let disk = match SlowDisk::new(&t.0, 1) {
+        Ok(d) => d,
+        Err(why) => {
+            // CI runs as root on a machine like this one: it must run this.
+            common::skip("record::a_slow_disk", &why, &[]);
+            return;
+        }
+    };
+    let cfg = config(&t.0, "fps = 10\nmin_free_mb = 1\nkeep_mb = 0\n");
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    assert!(wait_for(Duration::from_secs(10), || recording(&d)
+        ["written"]
+        .as_u64()
+        >= Some(2)));
+    // From here every write of the daemon to that disk waits for its turn: one a second.
+    disk.slow_down(d.pid());
+    let published = |d: &Daemon| {
+        d.stats()["cameras"][0]["frames"]["published"]
+            .as_u64()
+            .unwrap()
+    };
+    let skipped = |d: &Daemon| recording(d)["skipped"].as_u64().unwrap();
+    let (s0, w0) = (skipped(&d), recording(&d)["written"].as_u64().unwrap());
+    let (p0, t0) = (published(&d), Instant::now());
+    assert!(
+        wait_for(Duration::from_secs(20), || skipped(&d) >= s0 + 20),
+        "the recorder skipped nothing on a slow disk: {}",
+        recording(&d)
+    );
+    let (p1, dt) = (published(&d), t0.elapsed().as_secs_f64());
+    let r = recording(&d);
+    let written = (r["written"].as_u64().unwrap() - w0) as f64 / dt;
+    let fps = (p1 - p0) as f64 / dt;
+    eprintln!(
+        "slow disk: over {dt:.1} s capture published {fps:.1} frames/s (configured 15), the \
+         recorder wrote {written:.2}/s (configured 10) and skipped {}",
+        r["skipped"]
+    );
+    // The disk was slow (else this tested nothing), and capture did not notice.
+    assert!(
+        written <= 3.0,
+        "the disk was not slow: {written:.2} writes/s"
+    );
+    assert!(
+        (13.5..=16.5).contains(&fps),
+        "capture at {fps:.1} frames/s, configured 15"
+    );
+    let stats = d.stats();
+    let cam = &stats["cameras"][0];
+    assert_eq!(cam["state"], "online", "{cam}");
+    assert_eq!(cam["frames"]["dropped"], 0, "{cam}");
+    assert!(
+        cam["recording"]["skipped"].as_u64() >= Some(s0 + 20),
+        "/stats shows the skips: {cam}"
+    );
+    let (code, _, body) = get(d.port, "/health").unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    // A viewer is served at the camera's rate meanwhile.
+    let mut v = common::Viewer::open(d.port, "/stream");
+    let parts = v.read_for(Duration::from_secs(2));
+    assert!(
+        parts.len() >= 20,
+        "{} frames in 2 s from /stream",
+        parts.len()
+    );
+    let (_, _, m) = get(d.port, "/metrics").unwrap();
+    let m = String::from_utf8_lossy(&m);
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("beltcam_recording_skipped_total{camera=\"belt\"} "))
+        .unwrap_or_else(|| panic!("no skipped counter in\n{m}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= s0 + 20, "{line}");
+    drop(v);
+    drop(d);
+    drop(disk);
 }
