@@ -32,6 +32,7 @@ use turbojpeg::{Compressor, Decompressor, Subsamp, YuvImage};
 use super::Camera;
 use crate::config::RecordSettings;
 use crate::limits::RECORD_REENCODE_MAX_PIXELS;
+use crate::obs::events::Event;
 use crate::obs::stats::RecordingStats;
 use crate::pool::MAX_JPEG_BYTES;
 
@@ -267,9 +268,21 @@ impl Recorder {
             self.counters.disk_low.store(true, Ordering::Relaxed);
             warn!(camera = %self.cam.name, free_mib = free >> 20, min_free_mib = min >> 20,
                   "recording paused: disk low (resumes by itself)");
+            self.cam.emit(Event::Recording {
+                camera: self.cam.name.clone(),
+                paused: true,
+                free_bytes: free,
+                min_free_bytes: min,
+            });
         } else if low && free as f64 >= min as f64 * RESUME_MARGIN {
             self.counters.disk_low.store(false, Ordering::Relaxed);
             info!(camera = %self.cam.name, free_mib = free >> 20, "recording resumed: disk space is back");
+            self.cam.emit(Event::Recording {
+                camera: self.cam.name.clone(),
+                paused: false,
+                free_bytes: free,
+                min_free_bytes: min,
+            });
         }
     }
 

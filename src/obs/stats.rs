@@ -104,6 +104,21 @@ pub struct CameraView {
     pub upstream: Option<UpstreamStats>,
     /// A recording camera's recorder.
     pub recording: Option<RecordingStats>,
+    /// A V4L2 camera's controls.
+    pub controls: Option<ControlStats>,
+}
+
+/// A V4L2 camera's controls: set over HTTP, and its `[camera.controls]` table applied at each open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ControlStats {
+    /// `PUT /cam/NAME/controls/CONTROL` that the device took.
+    pub set: u64,
+    /// Such `PUT`s that failed (no such control, out of range, device missing or busy).
+    pub set_failed: u64,
+    /// `[camera.controls]` entries set when the device opened (every open counts).
+    pub applied: u64,
+    /// Entries the device refused when it opened.
+    pub apply_failed: u64,
 }
 
 /// A recording camera's recorder (`[camera.record]`).
@@ -244,6 +259,30 @@ pub struct TapConsumerStats {
     pub dropped: u64,
 }
 
+/// The frame tap (`[tap]`): its subscribers now, and its totals since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TapStats {
+    /// Subscribers now, oldest first.
+    pub consumers: Vec<TapConsumerStats>,
+    /// Subscriptions accepted since start.
+    pub subscribed: u64,
+    /// Subscriptions refused (`ERR`: a bad line, an unknown camera, the subscriber limit).
+    pub refused: u64,
+    /// Every camera the tap serves, with totals kept as subscribers come and go.
+    pub cameras: Vec<TapCameraStats>,
+}
+
+/// One camera as the tap serves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TapCameraStats {
+    pub camera: String,
+    /// Subscribers now.
+    pub consumers: usize,
+    /// Announcements sent to its subscribers, and missed because a subscriber's socket was full.
+    pub announced: u64,
+    pub dropped: u64,
+}
+
 /// Everything the views show, gathered once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -262,6 +301,6 @@ pub struct Snapshot {
     pub wedged: Option<String>,
     /// Latency of non-stream requests.
     pub latency: HistogramStats,
-    /// Frame tap subscribers, when the tap is on.
-    pub tap: Option<Vec<TapConsumerStats>>,
+    /// The frame tap, when it is on.
+    pub tap: Option<TapStats>,
 }
