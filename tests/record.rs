@@ -116,7 +116,18 @@ fn records_at_its_rate_into_dated_folders_atomically() {
         assert_eq!(decode(&std::fs::read(p).unwrap()), (160, 120), "{rel}");
     }
     let (_, _, m) = get(d.port, "/metrics").unwrap();
-    assert!(String::from_utf8_lossy(&m).contains("beltcam_recorded_frames_total{camera=\"belt\"}"));
+    let m = String::from_utf8_lossy(&m);
+    assert!(m.contains("beltcam_recorded_frames_total{camera=\"belt\"}"));
+    // /metrics shows what /stats shows (files may grow between the two looks).
+    let sample = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{camera=\"belt\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(sample("beltcam_recording_removed_total"), 0);
+    assert!(sample("beltcam_recording_files") >= counted);
     // A camera that does not record says so.
     assert_eq!(get(d.port, "/cam/nope/recordings").unwrap().0, 404);
 }
@@ -223,6 +234,7 @@ fn a_nearly_full_disk_pauses_recording_and_it_resumes() {
         ["written"]
         .as_u64()
         >= Some(2)));
+    let mut events = common::Sse::open(d.port, "/events?camera=belt");
     // Leave about 1 MiB free.
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![0u8; 3 << 20]).unwrap();
@@ -236,6 +248,10 @@ fn a_nearly_full_disk_pauses_recording_and_it_resumes() {
         "{}",
         recording(&d)
     );
+    let paused_event = events
+        .find("recording", "\"paused\"", Duration::from_secs(5))
+        .expect("a recording paused event");
+    assert!(paused_event.contains("\"disk low\""), "{paused_event}");
     let h = health(&d);
     assert_eq!(h["status"], "degraded", "{h}");
     assert!(
@@ -264,6 +280,13 @@ fn a_nearly_full_disk_pauses_recording_and_it_resumes() {
     );
     assert_eq!(health(&d)["status"], "ok");
     assert!(d.log_text().contains("recording resumed"));
+    events
+        .find(
+            "recording",
+            "\"state\":\"recording\"",
+            Duration::from_secs(5),
+        )
+        .expect("a recording resumed event");
 }
 
 fn check_config(cfg: &Path) -> std::process::Output {

@@ -327,6 +327,36 @@ mod tests {
             render(7, &e),
             "id: 7\nevent: camera\ndata: {\"camera\":\"front\",\"reason\":\"gone\",\"state\":\"offline\"}\n\n"
         );
+        let paused = Event::Recording {
+            camera: "belt".into(),
+            paused: true,
+            free_bytes: 1,
+            min_free_bytes: 2,
+        };
+        assert_eq!(paused.kind(), "recording");
+        assert_eq!(paused.data()["state"], "paused");
+        assert_eq!(paused.data()["reason"], "disk low");
+        let gone = Event::TapConsumer {
+            id: 3,
+            camera: "belt".into(),
+            connected: false,
+            fps: None,
+            announced: 9,
+            dropped: 1,
+            reason: "camera removed",
+        };
+        assert_eq!(
+            (gone.kind(), gone.data()["event"].as_str()),
+            ("tap", Some("disconnected"))
+        );
+        let set = Event::ControlSet {
+            camera: "belt".into(),
+            control: "brightness".into(),
+            value: 140,
+            read_back: Some(140),
+        };
+        assert_eq!(set.kind(), "control");
+        assert_eq!(set.data()["read_back"], 140);
         assert_eq!(
             render_overflow(3),
             "event: overflow\ndata: {\"lost\":3}\n\n"
