@@ -50,6 +50,7 @@ class Tap:
         os.close(fds[0])
         self.torn = 0      # frames overwritten while being read (dropped)
         self.received = 0
+        self.ended = None  # the reason the daemon gave for ending the subscription (END)
 
     def __enter__(self):
         return self
@@ -81,6 +82,10 @@ class Tap:
             if not msg:
                 return
             words = msg.decode().split()
+            if words and words[0] == "END":
+                # The daemon ended the subscription (the camera was removed by a reload).
+                self.ended = " ".join(words[1:])
+                return
             if len(words) != 7 or words[0] != "FRAME":
                 raise TapError("unexpected message %r" % msg)
             slot, seq, _len, _ts, _w, _h = (int(w) for w in words[1:])

@@ -171,6 +171,8 @@ pub struct Running {
     captures: Vec<Capture>,
     /// The id the next camera a reload adds gets (ids are never reused).
     next_camera_id: usize,
+    /// The frame tap's camera list, when the tap is on: a reload sends it the new one.
+    tap_cameras: Option<tokio::sync::watch::Sender<Vec<Arc<Camera>>>>,
 }
 
 /// Binds, starts every thread, and returns once the daemon is serving.
@@ -232,15 +234,18 @@ pub fn start(
     for c in &mut captures {
         c.start()?;
     }
+    let mut tap_cameras = None;
     if let Some(t) = tap {
-        // The tap serves the cameras configured at start (a reload's camera changes reach it after
-        // a restart; see README "Frame tap").
+        // The tap serves the cameras configured at start, then each reload's list (`apply`).
         let counters = Arc::new(capture::tap::TapCounters::default());
         server.attach_tap(Arc::clone(&counters));
+        let (tx, rx) =
+            tokio::sync::watch::channel(captures.iter().map(|c| Arc::clone(&c.camera)).collect());
+        tap_cameras = Some(tx);
         let tap = capture::tap::Tap {
             socket: t.socket,
             group: t.group,
-            cameras: captures.iter().map(|c| Arc::clone(&c.camera)).collect(),
+            cameras: rx,
             counters,
             stopping: Arc::clone(&shutdown),
         };
@@ -304,6 +309,7 @@ pub fn start(
         serving: threads,
         next_camera_id: captures.len(),
         captures,
+        tap_cameras,
     })
 }
 
@@ -400,7 +406,11 @@ impl Running {
                 }
             }
         }
-        let cameras = captures.iter().map(|c| Arc::clone(&c.camera)).collect();
+        let cameras: Vec<Arc<Camera>> = captures.iter().map(|c| Arc::clone(&c.camera)).collect();
+        if let Some(tap) = &self.tap_cameras {
+            // The tap ends the removed cameras' subscribers and serves the added ones.
+            tap.send_replace(cameras.clone());
+        }
         // New requests see the new list from here; then the removed cameras stop.
         drop(old);
         server.replace_live(Live {

@@ -82,3 +82,7 @@ pub const MAX_VIEWER_CREDENTIALS: usize = 256;
 /// Frames in each tapped camera's ring (`capture::tap`): a tap subscriber has about this many frame
 /// periods to copy one before it is overwritten.
 pub const TAP_RING_SLOTS: usize = 4;
+
+/// Largest frame (in pixels) the recorder re-encodes (`[camera.record] quality`); a larger one is
+/// written as the camera made it, and counted. Its decoded planes are the recorder's largest buffer.
+pub const RECORD_REENCODE_MAX_PIXELS: usize = 3840 * 2160;

@@ -68,9 +68,27 @@ fn controls_without_a_device() {
     let (code, body) = put(port, "/cam/nope/controls/brightness?value=1", "");
     assert_eq!(code, 404, "{body}");
 
-    // Still serving.
-    let (code, _, _) = get(port, "/stats");
+    // Still serving, and the sets the device could not take are counted, in /stats and /metrics
+    // alike (a malformed request is not: it never reached the device). Only v4l2 cameras have them.
+    let stats = d.stats();
+    let gone = &stats["cameras"][1]["controls"];
+    assert_eq!(
+        gone["set_failed"], 2,
+        "the two PUTs that reached the device: {stats}"
+    );
+    assert_eq!(gone["set"], 0, "{stats}");
+    assert!(stats["cameras"][0].get("controls").is_none(), "{stats}");
+    let (code, _, m) = get(port, "/metrics");
     assert_eq!(code, 200);
+    assert!(
+        m.lines()
+            .any(|l| l == "beltcam_control_set_errors_total{camera=\"gone\"} 2"),
+        "{m}"
+    );
+    assert!(m
+        .lines()
+        .any(|l| l == "beltcam_control_sets_total{camera=\"gone\"} 0"));
+    assert!(!m.contains("beltcam_control_sets_total{camera=\"synth\"}"));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -225,66 +225,6 @@ fn metrics_parse_with_a_real_prometheus_parser() {
             .all(|l| l.starts_with('#') || l.starts_with("beltcam_")),
         "prefix"
     );
-}
-
-/// An SSE reader: yields (event, data) pairs.
-struct Sse(BufReader<TcpStream>);
-
-impl Sse {
-    fn open(port: u16, path: &str) -> Sse {
-        let mut s = connect(port);
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if line.to_ascii_lowercase().starts_with("content-type") {
-                assert!(line.contains("text/event-stream"));
-            }
-        }
-        Sse(r)
-    }
-
-    fn next(&mut self) -> Option<(String, String)> {
-        let (mut event, mut data) = (String::new(), String::new());
-        loop {
-            let mut line = String::new();
-            if self.0.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                if !event.is_empty() {
-                    return Some((event, data));
-                }
-                continue;
-            }
-            if let Some(e) = line.strip_prefix("event: ") {
-                event = e.to_string();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                data = d.to_string();
-            }
-        }
-    }
-
-    /// The first event of `kind` whose data contains `needle`, within `limit`.
-    fn find(&mut self, kind: &str, needle: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let (e, d) = self.next()?;
-            if e == kind && d.contains(needle) {
-                return Some(d);
-            }
-        }
-        None
-    }
 }
 
 #[test]

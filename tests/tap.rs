@@ -202,3 +202,130 @@ fn bad_subscriptions_get_an_error() {
         );
     }
 }
+
+/// A sample of `/metrics`, by its full name and labels.
+fn metric(d: &Daemon, series: &str) -> Option<u64> {
+    let (_, _, m) = common::get(d.port, "/metrics").unwrap();
+    let m = String::from_utf8_lossy(&m).into_owned();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Subscribers coming and going are `tap` events and in `/metrics` (consistent with `/stats`); a
+/// live reload that removes the camera ends its subscriber with `END`, and a camera it adds is
+/// served at once.
+#[test]
+fn the_tap_is_observable_and_follows_reloads() {
+    let (d, dir, sock) = setup("reload", 30);
+    let mut events = common::Sse::open(d.port, "/events");
+    assert_eq!(
+        metric(&d, "beltcam_tap_consumers{camera=\"belt\"}"),
+        Some(0)
+    );
+    let (s, ok) = subscribe(&sock, "SUBSCRIBE belt fps=10\n");
+    assert!(ok.starts_with("OK belt"), "{ok}");
+    let connected = events
+        .find("tap", "\"connected\"", Duration::from_secs(5))
+        .expect("a tap connected event");
+    assert!(
+        connected.contains("\"camera\":\"belt\"") && connected.contains("\"fps\":10"),
+        "{connected}"
+    );
+    let mut buf = [0u8; 256];
+    let n = s.recv(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"FRAME "),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(
+        metric(&d, "beltcam_tap_consumers{camera=\"belt\"}"),
+        Some(1)
+    );
+    assert_eq!(
+        metric(&d, "beltcam_tap_subscriptions_total{result=\"accepted\"}"),
+        Some(1)
+    );
+    let (_bad, err) = subscribe(&sock, "SUBSCRIBE nope\n");
+    assert!(err.starts_with("ERR"), "{err}");
+    assert!(wait_for(Duration::from_secs(3), || metric(
+        &d,
+        "beltcam_tap_subscriptions_total{result=\"refused\"}"
+    ) == Some(1)));
+    // Closing is noticed at once (not at the next announcement), with what it got.
+    drop(s);
+    let gone = events
+        .find("tap", "\"disconnected\"", Duration::from_secs(5))
+        .expect("a tap disconnected event");
+    assert!(gone.contains("\"reason\":\"closed\""), "{gone}");
+    assert!(wait_for(Duration::from_secs(3), || metric(
+        &d,
+        "beltcam_tap_consumers{camera=\"belt\"}"
+    ) == Some(0)));
+    let announced = metric(&d, "beltcam_tap_frames_announced_total{camera=\"belt\"}").unwrap();
+    assert!(announced >= 1);
+    let stats = d.stats();
+    assert_eq!(
+        stats["tap"]["cameras"][0]["announced"], announced,
+        "{stats}"
+    );
+    assert_eq!(stats["tap"]["subscribed"], 1);
+    assert_eq!(stats["tap"]["refused"], 1);
+
+    // A reload replaces belt with side.
+    let (belt_sub, ok) = subscribe(&sock, "SUBSCRIBE belt\n");
+    assert!(ok.starts_with("OK belt"), "{ok}");
+    std::fs::write(
+        dir.join("beltcam.toml"),
+        format!(
+            "[tap]\nsocket = \"{}\"\n[[camera]]\nname = \"side\"\nsource = \"synthetic:160x120@15\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(d.pid(), libc::SIGHUP) };
+    // belt's subscriber reads its announcements up to `END camera removed`, then the socket closes.
+    let mut ended = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let n = belt_sub
+            .recv(&mut buf)
+            .expect("the socket ends, it does not hang");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if n == 0 {
+            break;
+        }
+        if msg.starts_with("END") {
+            ended = Some(msg);
+        } else {
+            assert!(msg.starts_with("FRAME "), "{msg}");
+        }
+    }
+    assert_eq!(ended.as_deref(), Some("END camera removed\n"));
+    let removed = events
+        .find("tap", "\"camera removed\"", Duration::from_secs(5))
+        .expect("a disconnected event for the removed camera");
+    assert!(removed.contains("\"camera\":\"belt\""), "{removed}");
+    // The added camera is served, and the removed one refused.
+    let (side, ok) = subscribe(&sock, "SUBSCRIBE side\n");
+    assert!(ok.starts_with("OK side"), "{ok}: {}", d.log_text());
+    let n = side.recv(&mut buf).unwrap();
+    let frame = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        frame.starts_with("FRAME ") && frame.trim_end().ends_with(" 160 120"),
+        "{frame}"
+    );
+    let (_s, err) = subscribe(&sock, "SUBSCRIBE belt\n");
+    assert!(err.starts_with("ERR") && err.contains("no camera"), "{err}");
+    let stats = d.stats();
+    let cams = stats["tap"]["cameras"].as_array().unwrap();
+    assert_eq!(cams.len(), 1, "{stats}");
+    assert_eq!(cams[0]["camera"], "side");
+    assert_eq!(cams[0]["consumers"], 1);
+    assert_eq!(
+        metric(&d, "beltcam_tap_consumers{camera=\"side\"}"),
+        Some(1)
+    );
+    assert_eq!(metric(&d, "beltcam_tap_consumers{camera=\"belt\"}"), None);
+}

@@ -30,7 +30,7 @@ use crate::config::spec::SourceSpec;
 use crate::logging::{RateLimit, REPEAT_EVERY};
 use crate::obs::events::{Event, EventBus};
 use crate::obs::health::{stale_after, Heartbeat};
-use crate::obs::stats::{CameraCounts, CameraView};
+use crate::obs::stats::{CameraCounts, CameraView, ControlStats};
 pub use crate::obs::stats::{CameraState, StreamInfo};
 use crate::pool::{FramePool, SlotWriter, MAX_JPEG_BYTES};
 use crate::shutdown::Shutdown;
@@ -118,6 +118,17 @@ pub struct Camera {
     oversize_log: RateLimit,
     /// Capture on demand (see `Demand`).
     demand: DemandState,
+    /// Camera controls set (V4L2 cameras; see `serve::controls`).
+    controls: ControlCounters,
+}
+
+/// A V4L2 camera's control counters (all monotonic).
+#[derive(Default)]
+struct ControlCounters {
+    set: AtomicU64,
+    set_failed: AtomicU64,
+    applied: AtomicU64,
+    apply_failed: AtomicU64,
 }
 
 /// Who wants this camera's frames, for capture on demand (`idle_stop_s`): with no stream, snapshot
@@ -185,6 +196,7 @@ impl Camera {
             upstream: OnceLock::new(),
             recording: OnceLock::new(),
             events,
+            controls: ControlCounters::default(),
             oversize_log: RateLimit::new(REPEAT_EVERY),
             demand: DemandState {
                 idle_stop: None,
@@ -286,6 +298,24 @@ impl Camera {
         let _ = self.upstream.set(counters);
     }
 
+    /// Publishes an event about this camera (its `/events?camera=` room hears it).
+    pub fn emit(&self, event: Event) {
+        self.events.emit(Some(self.id), event);
+    }
+
+    /// Counts a control set over HTTP (`ok`) or refused by the device.
+    pub fn count_control_set(&self, ok: bool) {
+        let c = &self.controls;
+        (if ok { &c.set } else { &c.set_failed }).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a `[camera.controls]` table applied when the device opened: entries set, and not.
+    pub fn count_controls_applied(&self, applied: usize, failed: usize) {
+        let c = &self.controls;
+        c.applied.fetch_add(applied as u64, Ordering::Relaxed);
+        c.apply_failed.fetch_add(failed as u64, Ordering::Relaxed);
+    }
+
     /// Shows a recorder's counters in this camera's views (the first call wins).
     pub fn attach_recording(&self, counters: Arc<record::RecordCounters>) {
         let _ = self.recording.set(counters);
@@ -343,6 +373,16 @@ impl Camera {
             last_frame_age,
             upstream: self.upstream.get().map(|u| u.stats()),
             recording: self.recording.get().map(|r| r.stats()),
+            controls: matches!(self.spec, SourceSpec::V4l2 { .. }).then(|| {
+                let c = &self.controls;
+                let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                ControlStats {
+                    set: l(&c.set),
+                    set_failed: l(&c.set_failed),
+                    applied: l(&c.applied),
+                    apply_failed: l(&c.apply_failed),
+                }
+            }),
         }
     }
 

@@ -12,6 +12,11 @@
 //! retention removes the oldest first by walking the oldest folders; what is already on disk when
 //! the daemon starts is counted and kept under the same limits. Below `min_free` the recorder
 //! pauses with one warning (the camera turns degraded "disk low") and resumes by itself.
+//!
+//! With `quality` set, each recorded frame is decoded to its YUV planes and encoded again at that
+//! quality on this thread (never on the capture thread), into buffers made once and reused (the
+//! planes grow to the largest frame seen, at most `RECORD_REENCODE_MAX_PIXELS`). A frame that
+//! cannot be re-encoded is written as the camera made it, and counted.
 
 use std::fs;
 use std::io::Write;
@@ -22,8 +27,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
+use turbojpeg::{Compressor, Decompressor, Subsamp, YuvImage};
+
 use super::Camera;
 use crate::config::RecordSettings;
+use crate::limits::RECORD_REENCODE_MAX_PIXELS;
+use crate::obs::events::Event;
 use crate::obs::stats::RecordingStats;
 use crate::pool::MAX_JPEG_BYTES;
 
@@ -45,6 +54,8 @@ pub struct RecordCounters {
     skipped: AtomicU64,
     errors: AtomicU64,
     removed: AtomicU64,
+    /// Frames written untouched because re-encoding them failed.
+    reencode_failed: AtomicU64,
     files: AtomicU64,
     bytes: AtomicU64,
     disk_low: AtomicBool,
@@ -53,6 +64,8 @@ pub struct RecordCounters {
     newest: AtomicU64,
     dir: Mutex<String>,
     last_error: Mutex<String>,
+    /// `[camera.record] quality` (`None`: untouched).
+    quality: Option<u8>,
 }
 
 impl RecordCounters {
@@ -61,10 +74,12 @@ impl RecordCounters {
         let text = |m: &Mutex<String>| m.lock().map(|s| s.clone()).unwrap_or_default();
         RecordingStats {
             dir: text(&self.dir),
+            quality: self.quality,
             written: l(&self.written),
             skipped: l(&self.skipped),
             errors: l(&self.errors),
             removed: l(&self.removed),
+            reencode_failed: l(&self.reencode_failed),
             files: l(&self.files),
             bytes: l(&self.bytes),
             disk_low: self.disk_low.load(Ordering::Relaxed),
@@ -92,6 +107,8 @@ pub struct Recorder {
     root: PathBuf,
     counters: Arc<RecordCounters>,
     buf: Vec<u8>,
+    /// With `quality` set: the decoder, encoder and their buffers.
+    reencoder: Option<Reencoder>,
     clock: Clock,
     last_seq: u64,
     warned: Option<Instant>,
@@ -100,17 +117,28 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(cam: Arc<Camera>, cfg: RecordSettings, clock: Clock) -> Recorder {
         let root = cfg.dir.join(&cam.name);
-        let counters = Arc::new(RecordCounters::default());
+        let counters = Arc::new(RecordCounters {
+            quality: cfg.quality,
+            ..Default::default()
+        });
         if let Ok(mut d) = counters.dir.lock() {
             *d = root.display().to_string();
         }
         cam.attach_recording(Arc::clone(&counters));
+        let reencoder = cfg.quality.and_then(|q| match Reencoder::new(q) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(camera = %cam.name, %e, "recording the camera's bytes untouched: cannot make a JPEG encoder");
+                None
+            }
+        });
         Recorder {
             cam,
             cfg,
             root,
             counters,
             buf: vec![0; MAX_JPEG_BYTES],
+            reencoder,
             clock,
             last_seq: 0,
             warned: None,
@@ -185,7 +213,25 @@ impl Recorder {
         let now = UNIX_EPOCH + Duration::from_micros(ts_us);
         let name = file_name(now, seq);
         let dir = self.root.join(day_hour(now));
-        match write_atomically(&dir, &name, &self.buf[..len]) {
+        let original = &self.buf[..len];
+        let data = match self.reencoder.as_mut().map(|r| r.reencode(original)) {
+            None => original,
+            Some(Ok(d)) => d,
+            Some(Err(why)) => {
+                let c = &self.counters;
+                c.reencode_failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut e) = c.last_error.lock() {
+                    *e = format!("re-encode: {why}");
+                }
+                if self.warned.map_or(true, |t| t.elapsed() >= WARN_EVERY) {
+                    self.warned = Some(Instant::now());
+                    warn!(camera = %self.cam.name, "recording: cannot re-encode a frame ({why}); written untouched (counted; warned at most once a minute)");
+                }
+                original
+            }
+        };
+        let len = data.len();
+        match write_atomically(&dir, &name, data) {
             Ok(()) => {
                 let c = &self.counters;
                 c.written.fetch_add(1, Ordering::Relaxed);
@@ -222,9 +268,21 @@ impl Recorder {
             self.counters.disk_low.store(true, Ordering::Relaxed);
             warn!(camera = %self.cam.name, free_mib = free >> 20, min_free_mib = min >> 20,
                   "recording paused: disk low (resumes by itself)");
+            self.cam.emit(Event::Recording {
+                camera: self.cam.name.clone(),
+                paused: true,
+                free_bytes: free,
+                min_free_bytes: min,
+            });
         } else if low && free as f64 >= min as f64 * RESUME_MARGIN {
             self.counters.disk_low.store(false, Ordering::Relaxed);
             info!(camera = %self.cam.name, free_mib = free >> 20, "recording resumed: disk space is back");
+            self.cam.emit(Event::Recording {
+                camera: self.cam.name.clone(),
+                paused: false,
+                free_bytes: free,
+                min_free_bytes: min,
+            });
         }
     }
 
@@ -256,6 +314,67 @@ impl Recorder {
         let now = unix_s((self.clock)());
         let cutoff = self.cfg.keep_age.map(|a| now.saturating_sub(a.as_secs()));
         retain(&self.root, &self.counters, cutoff, self.cfg.keep_bytes);
+    }
+}
+
+/// Decodes a JPEG to its YUV planes and encodes them again at another quality: the same size and
+/// chroma subsampling, no colour conversion. Made once per recorder; its buffers are reused.
+struct Reencoder {
+    dec: Decompressor,
+    enc: Compressor,
+    /// The decoded planes: grown (exactly) to the largest frame seen, never past
+    /// `RECORD_REENCODE_MAX_PIXELS` at 4:4:4.
+    yuv: Vec<u8>,
+    /// The re-encoded JPEG (at most a slot's JPEG, like the frames it comes from).
+    out: Vec<u8>,
+}
+
+impl Reencoder {
+    fn new(quality: u8) -> Result<Reencoder, turbojpeg::Error> {
+        let mut enc = Compressor::new()?;
+        enc.set_quality(i32::from(quality))?;
+        Ok(Reencoder {
+            dec: Decompressor::new()?,
+            enc,
+            yuv: Vec::new(),
+            out: vec![0; MAX_JPEG_BYTES],
+        })
+    }
+
+    /// The frame at this encoder's quality.
+    fn reencode(&mut self, jpeg: &[u8]) -> Result<&[u8], String> {
+        let h = self.dec.read_header(jpeg).map_err(|e| e.to_string())?;
+        if h.width.saturating_mul(h.height) > RECORD_REENCODE_MAX_PIXELS {
+            return Err(format!(
+                "{}x{} is over the re-encode limit of {RECORD_REENCODE_MAX_PIXELS} pixels",
+                h.width, h.height
+            ));
+        }
+        if h.subsamp == Subsamp::Unknown {
+            return Err("unknown chroma subsampling".into());
+        }
+        let len = turbojpeg::yuv_pixels_len(h.width, 1, h.height, h.subsamp)
+            .map_err(|e| e.to_string())?;
+        if self.yuv.len() < len {
+            self.yuv.reserve_exact(len - self.yuv.len());
+            self.yuv.resize(len, 0);
+        }
+        let mut planes = YuvImage {
+            pixels: &mut self.yuv[..len],
+            width: h.width,
+            align: 1,
+            height: h.height,
+            subsamp: h.subsamp,
+        };
+        self.dec
+            .decompress_to_yuv(jpeg, planes.as_deref_mut())
+            .map_err(|e| e.to_string())?;
+        self.enc.set_subsamp(h.subsamp).map_err(|e| e.to_string())?;
+        let n = self
+            .enc
+            .compress_yuv_to_slice(planes.as_deref(), &mut self.out)
+            .map_err(|e| e.to_string())?;
+        Ok(&self.out[..n])
     }
 }
 
@@ -514,6 +633,28 @@ mod tests {
         retain(&root, &c, None, 30_000);
         assert_eq!(left(&root).len(), 28);
         let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn reencoding_keeps_the_size_lowers_the_bytes_and_reuses_its_buffers() {
+        let original = crate::capture::jpeg::tests::pattern(320, 240, 5, "rec", 95);
+        let mut r = Reencoder::new(20).unwrap();
+        let small = r.reencode(&original).unwrap().to_vec();
+        let h = turbojpeg::read_header(&small).unwrap();
+        assert_eq!((h.width, h.height), (320, 240));
+        assert!(
+            small.len() * 2 < original.len(),
+            "{} vs {}",
+            small.len(),
+            original.len()
+        );
+        let planes = r.yuv.capacity();
+        for n in 0..5 {
+            let f = crate::capture::jpeg::tests::pattern(320, 240, n, "rec", 95);
+            r.reencode(&f).unwrap();
+        }
+        assert_eq!(r.yuv.capacity(), planes, "the planes buffer did not grow");
+        assert!(r.reencode(b"not a jpeg").is_err());
     }
 
     #[test]

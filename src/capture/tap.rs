@@ -12,9 +12,14 @@
 //! slot's sequence number again: a frame overwritten under them is detected, not misread.
 //!
 //! Bounded: at most `MAX_TAP_CONSUMERS` subscribers, a subscribe line of at most 256 bytes read
-//! within 2 s, rings created only for cameras someone taps (and kept), one thread for all of it.
-//! A subscriber holds the camera's `Demand` (capture on demand starts for it).
+//! within 2 s, rings created only for cameras someone taps (kept while the camera is), one thread
+//! for all of it. A subscriber holds the camera's `Demand` (capture on demand starts for it).
+//!
+//! The cameras served follow live reloads: an added camera can be tapped at once; a removed (or
+//! changed) camera's subscribers get `END camera removed` and the socket closes. Subscribers coming
+//! and going are `tap` events on `/events`; totals per camera are in `/stats` and `/metrics`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -25,11 +30,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Camera, Demand};
 use crate::limits::MAX_JPEG_BYTES;
-use crate::obs::stats::TapConsumerStats;
+use crate::obs::events::Event;
+use crate::obs::stats::{TapCameraStats, TapConsumerStats, TapStats};
 
 /// Frames a ring holds: a subscriber has about this many frame periods to copy one.
 pub const RING_SLOTS: usize = crate::limits::TAP_RING_SLOTS;
@@ -45,15 +52,15 @@ const MAGIC: u32 = u32::from_le_bytes(*b"BTAP");
 const MAX_LINE: usize = 256;
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A subscriber, as `/stats` shows it.
+/// What `/stats` and `/metrics` show of the tap (`TapStats`), updated by the tap's thread.
 #[derive(Default)]
 pub struct TapCounters {
-    consumers: Mutex<Vec<TapConsumerStats>>,
+    stats: Mutex<TapStats>,
 }
 
 impl TapCounters {
-    pub fn stats(&self) -> Vec<TapConsumerStats> {
-        self.consumers.lock().map(|c| c.clone()).unwrap_or_default()
+    pub fn stats(&self) -> TapStats {
+        self.stats.lock().map(|c| c.clone()).unwrap_or_default()
     }
 }
 
@@ -156,21 +163,43 @@ impl Drop for Ring {
     }
 }
 
+/// A subscriber, ended by `end`.
 struct Consumer {
     id: u64,
-    fd: AsyncFd<OwnedFd>,
-    camera: usize,
+    /// Shared with the task that notices the subscriber closing (`watch_consumer`).
+    fd: Rc<AsyncFd<OwnedFd>>,
+    camera: Arc<Camera>,
     period: Option<Duration>,
     last: Option<Instant>,
     _demand: Demand,
     stat: TapConsumerStats,
 }
 
+/// Everything the tap's tasks share (one thread: a `RefCell`, never borrowed across an await).
+#[derive(Default)]
+struct State {
+    /// The cameras served now: those configured at start, then each reload's list.
+    cameras: Vec<Arc<Camera>>,
+    /// Each camera's announcing task, by camera id.
+    tasks: HashMap<usize, tokio::task::JoinHandle<()>>,
+    /// Rings of the cameras someone tapped, by camera id.
+    rings: HashMap<usize, Ring>,
+    consumers: Vec<Consumer>,
+    subscribed: u64,
+    refused: u64,
+    /// Per camera served, in `cameras`' order; kept by name across a reload that changes it.
+    totals: Vec<TapCameraStats>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
 /// The tap: its socket and the cameras it serves.
 pub struct Tap {
     pub socket: PathBuf,
     pub group: Option<u32>,
-    pub cameras: Vec<Arc<Camera>>,
+    /// The cameras to serve: the ones configured at start, then each reload's list (`send_replace`
+    /// by `daemon::Running::apply`). A removed camera's subscribers get `END camera removed`.
+    pub cameras: watch::Receiver<Vec<Arc<Camera>>>,
     pub counters: Arc<TapCounters>,
     pub stopping: Arc<crate::shutdown::Shutdown>,
 }
@@ -193,14 +222,21 @@ impl Tap {
     }
 
     async fn serve(self) {
-        let listener = match bind_seqpacket(&self.socket, self.group) {
+        let Tap {
+            socket,
+            group,
+            cameras: mut camera_list,
+            counters,
+            stopping,
+        } = self;
+        let listener = match bind_seqpacket(&socket, group) {
             Ok(l) => l,
             Err(e) => {
-                warn!(socket = %self.socket.display(), %e, "frame tap disabled: cannot listen");
+                warn!(socket = %socket.display(), %e, "frame tap disabled: cannot listen");
                 return;
             }
         };
-        info!(socket = %self.socket.display(), "frame tap listening");
+        info!(socket = %socket.display(), "frame tap listening");
         // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same fd, until it drops.
         let listener =
             match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
@@ -210,29 +246,28 @@ impl Tap {
                     return;
                 }
             };
-        let consumers: Rc<std::cell::RefCell<Vec<Consumer>>> = Rc::default();
-        let rings: Rc<std::cell::RefCell<HashMap<usize, Ring>>> = Rc::default();
-        // One task per camera: a new frame goes into its ring once, then to its due subscribers.
-        for (i, cam) in self.cameras.iter().enumerate() {
-            let (cam, consumers, rings, counters) = (
-                Arc::clone(cam),
-                Rc::clone(&consumers),
-                Rc::clone(&rings),
-                Arc::clone(&self.counters),
-            );
-            tokio::task::spawn_local(async move {
-                let mut rx = cam.subscribe();
-                while rx.changed().await.is_ok() {
-                    announce(i, &cam, &consumers, &rings);
-                    publish_stats(&consumers, &counters);
-                }
-            });
-        }
-        let mut shutdown = self.stopping.subscribe();
+        let shared: Shared = Rc::default();
+        let first = camera_list.borrow_and_update().clone();
+        set_cameras(&shared, &counters, first);
+        publish_stats(&shared, &counters);
+        let mut shutdown = stopping.subscribe();
         let mut next_id = 1;
+        let mut watching = true;
         loop {
             let ready = tokio::select! {
                 r = listener.readable() => r,
+                changed = camera_list.changed(), if watching => {
+                    match changed {
+                        Ok(()) => {
+                            let list = camera_list.borrow_and_update().clone();
+                            set_cameras(&shared, &counters, list);
+                            publish_stats(&shared, &counters);
+                        }
+                        // The daemon is going away: serve the last list until shutdown.
+                        Err(_) => watching = false,
+                    }
+                    continue;
+                }
                 _ = crate::shutdown::triggered(&mut shutdown) => break,
             };
             let Ok(mut guard) = ready else { break };
@@ -253,31 +288,136 @@ impl Tap {
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             let id = next_id;
             next_id += 1;
-            let (cameras, consumers, rings, counters) = (
-                self.cameras.clone(),
-                Rc::clone(&consumers),
-                Rc::clone(&rings),
-                Arc::clone(&self.counters),
-            );
+            let (shared, counters) = (Rc::clone(&shared), Arc::clone(&counters));
             tokio::task::spawn_local(async move {
-                match subscribe(id, fd, &cameras, &consumers, &rings).await {
-                    Ok(()) => publish_stats(&consumers, &counters),
-                    Err(e) => tracing::debug!(consumer = id, %e, "tap subscription refused"),
+                match subscribe(id, fd, &shared).await {
+                    Ok(fd) => {
+                        publish_stats(&shared, &counters);
+                        watch_consumer(id, fd, &shared).await;
+                        publish_stats(&shared, &counters);
+                    }
+                    Err(e) => {
+                        publish_stats(&shared, &counters);
+                        tracing::debug!(consumer = id, %e, "tap subscription refused");
+                    }
                 }
             });
         }
-        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&socket);
     }
 }
 
-/// Reads the `SUBSCRIBE` line, answers `OK` with the ring's fd or `ERR`, registers the consumer.
-async fn subscribe(
-    id: u64,
-    fd: OwnedFd,
-    cameras: &[Arc<Camera>],
-    consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>,
-    rings: &Rc<std::cell::RefCell<HashMap<usize, Ring>>>,
-) -> std::io::Result<()> {
+/// Serves `list` from now on: new cameras get an announcing task; removed ones lose theirs, their
+/// ring, and their subscribers (told `END camera removed`, then closed).
+fn set_cameras(shared: &Shared, counters: &Arc<TapCounters>, list: Vec<Arc<Camera>>) {
+    let mut st = shared.borrow_mut();
+    let kept = |id: usize| list.iter().any(|c| c.id == id);
+    let gone: Vec<usize> = st.tasks.keys().copied().filter(|&id| !kept(id)).collect();
+    for id in gone {
+        if let Some(t) = st.tasks.remove(&id) {
+            t.abort();
+        }
+        st.rings.remove(&id);
+    }
+    let (stay, ended): (Vec<Consumer>, Vec<Consumer>) = std::mem::take(&mut st.consumers)
+        .into_iter()
+        .partition(|c| kept(c.camera.id));
+    st.consumers = stay;
+    for c in ended {
+        end(c, "camera removed");
+    }
+    for cam in &list {
+        if st.tasks.contains_key(&cam.id) {
+            continue;
+        }
+        let (cam2, shared2, counters2) = (Arc::clone(cam), Rc::clone(shared), Arc::clone(counters));
+        let task = tokio::task::spawn_local(async move {
+            let mut rx = cam2.subscribe();
+            while rx.changed().await.is_ok() {
+                if announce(&cam2, &shared2) {
+                    publish_stats(&shared2, &counters2);
+                }
+            }
+        });
+        st.tasks.insert(cam.id, task);
+    }
+    let mut old = std::mem::take(&mut st.totals);
+    st.totals = list
+        .iter()
+        .map(|c| match old.iter().position(|t| t.camera == c.name) {
+            Some(i) => old.swap_remove(i),
+            None => TapCameraStats {
+                camera: c.name.clone(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    st.cameras = list;
+}
+
+/// Ends a subscriber: `END <reason>` unless it closed itself, the socket shut down (its
+/// `watch_consumer` task sees that and ends too), an event, a log line.
+fn end(c: Consumer, reason: &'static str) {
+    let fd = c.fd.get_ref().as_raw_fd();
+    if reason != "closed" {
+        let _ = send(fd, format!("END {reason}\n").as_bytes(), None);
+    }
+    // SAFETY: shutdown(2) on our socket, which stays open until the last Rc of it drops.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    info!(consumer = c.id, camera = %c.camera.name, reason, announced = c.stat.announced,
+          dropped = c.stat.dropped, "tap consumer gone");
+    c.camera.emit(Event::TapConsumer {
+        id: c.id,
+        camera: c.camera.name.clone(),
+        connected: false,
+        fps: c.stat.fps,
+        announced: c.stat.announced,
+        dropped: c.stat.dropped,
+        reason,
+    });
+}
+
+/// Waits until subscriber `id` closes its socket (or `end` shut it down), then ends it if it is
+/// still subscribed: a subscriber that leaves is noticed at once, not at its next announcement.
+async fn watch_consumer(id: u64, fd: Rc<AsyncFd<OwnedFd>>, shared: &Shared) {
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok(mut g) = fd.readable().await else {
+            break;
+        };
+        // SAFETY: recv into our buffer on our socket.
+        let n = unsafe {
+            libc::recv(
+                fd.get_ref().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            continue; // nothing is expected after SUBSCRIBE: ignored
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+            g.clear_ready();
+            continue;
+        }
+        break; // closed (0) or failed
+    }
+    let gone = {
+        let mut st = shared.borrow_mut();
+        st.consumers
+            .iter()
+            .position(|c| c.id == id)
+            .map(|i| st.consumers.remove(i))
+    };
+    if let Some(c) = gone {
+        end(c, "closed");
+    }
+}
+
+/// Reads the `SUBSCRIBE` line, answers `OK` with the ring's fd or `ERR`, registers the consumer;
+/// its socket, for `watch_consumer`.
+async fn subscribe(id: u64, fd: OwnedFd, shared: &Shared) -> std::io::Result<Rc<AsyncFd<OwnedFd>>> {
     // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same fd, until it drops.
     let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut buf = [0u8; MAX_LINE];
@@ -306,7 +446,10 @@ async fn subscribe(
     .await
     .map_err(|_| std::io::Error::other("no SUBSCRIBE within 2 s"))??;
     let line = String::from_utf8_lossy(&buf[..n]);
-    let refuse = |why: String| {
+    let mut st = shared.borrow_mut();
+    let st = &mut *st;
+    let mut refuse = |why: String| {
+        st.refused += 1;
         let _ = send(
             fd.get_ref().as_raw_fd(),
             format!("ERR {why}\n").as_bytes(),
@@ -318,42 +461,50 @@ async fn subscribe(
         Ok(s) => s,
         Err(why) => return refuse(why),
     };
-    let Some(i) = cameras.iter().position(|c| c.name == camera) else {
+    let Some(cam) = st.cameras.iter().find(|c| c.name == camera).cloned() else {
         return refuse(format!("no camera {camera:?}"));
     };
-    if consumers.borrow().len() >= MAX_TAP_CONSUMERS {
+    if st.consumers.len() >= MAX_TAP_CONSUMERS {
         return refuse(format!("{MAX_TAP_CONSUMERS} consumers already"));
     }
-    let ring_fd = {
-        let mut rings = rings.borrow_mut();
-        match rings.entry(i) {
-            std::collections::hash_map::Entry::Occupied(r) => r.get().fd.as_raw_fd(),
-            std::collections::hash_map::Entry::Vacant(v) => match Ring::new(&camera) {
-                Ok(r) => v.insert(r).fd.as_raw_fd(),
-                Err(e) => return refuse(format!("cannot make the ring: {e}")),
-            },
-        }
+    let ring_fd = match st.rings.entry(cam.id) {
+        std::collections::hash_map::Entry::Occupied(r) => r.get().fd.as_raw_fd(),
+        std::collections::hash_map::Entry::Vacant(v) => match Ring::new(&camera) {
+            Ok(r) => v.insert(r).fd.as_raw_fd(),
+            Err(e) => return refuse(format!("cannot make the ring: {e}")),
+        },
     };
     let ok = format!("OK {camera} slots={RING_SLOTS} slot_size={SLOT_SIZE} header={SLOT_HEADER}\n");
     send(fd.get_ref().as_raw_fd(), ok.as_bytes(), Some(ring_fd))?;
-    let cam = &cameras[i];
-    info!(consumer = id, camera = %camera, fps = ?period.map(|p| 1.0 / p.as_secs_f64()), "tap consumer subscribed");
-    consumers.borrow_mut().push(Consumer {
+    let fps = period.map(|p| 1.0 / p.as_secs_f64());
+    info!(consumer = id, camera = %camera, fps = ?fps, "tap consumer subscribed");
+    cam.emit(Event::TapConsumer {
         id,
-        fd,
-        camera: i,
+        camera: camera.clone(),
+        connected: true,
+        fps,
+        announced: 0,
+        dropped: 0,
+        reason: "",
+    });
+    st.subscribed += 1;
+    let fd = Rc::new(fd);
+    st.consumers.push(Consumer {
+        id,
+        fd: Rc::clone(&fd),
+        _demand: cam.demand(),
+        camera: cam,
         period,
         last: None,
-        _demand: cam.demand(),
         stat: TapConsumerStats {
             id,
             camera,
-            fps: period.map(|p| 1.0 / p.as_secs_f64()),
+            fps,
             announced: 0,
             dropped: 0,
         },
     });
-    Ok(())
+    Ok(fd)
 }
 
 /// `SUBSCRIBE CAMERA [fps=N]`: the camera and the least time between two announcements.
@@ -378,37 +529,29 @@ fn parse_subscribe(line: &str) -> Result<(String, Option<Duration>), String> {
     Ok((camera, period))
 }
 
-/// Copies camera `i`'s newest frame into its ring (once) and announces it to every due subscriber;
-/// drops the subscribers that went away.
-fn announce(
-    i: usize,
-    cam: &Camera,
-    consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>,
-    rings: &Rc<std::cell::RefCell<HashMap<usize, Ring>>>,
-) {
-    let mut consumers = consumers.borrow_mut();
-    if !consumers.iter().any(|c| c.camera == i) {
-        return;
-    }
+/// Copies the camera's newest frame into its ring (once) and announces it to every due subscriber;
+/// ends the subscribers that went away. Whether anything was announced or ended.
+fn announce(cam: &Camera, shared: &Shared) -> bool {
+    let mut guard = shared.borrow_mut();
+    let st = &mut *guard;
     let now = Instant::now();
     let due = |c: &Consumer| {
-        c.camera == i
+        c.camera.id == cam.id
             && c.period
                 .map_or(true, |p| c.last.map_or(true, |l| now - l >= p))
     };
-    if !consumers.iter().any(due) {
-        return;
+    if !st.consumers.iter().any(due) {
+        return false;
     }
     let Some(lease) = cam.pool.lease_newest() else {
-        return;
+        return false;
     };
     let m = *lease.meta();
     if m.is_placeholder() {
-        return;
+        return false;
     }
-    let mut rings = rings.borrow_mut();
-    let Some(ring) = rings.get_mut(&i) else {
-        return;
+    let Some(ring) = st.rings.get_mut(&cam.id) else {
+        return false;
     };
     let slot = ring.write(m.seq, lease.jpeg(), m.timestamp_us, m.width, m.height);
     drop(lease);
@@ -420,32 +563,59 @@ fn announce(
         m.width,
         m.height
     );
-    consumers.retain_mut(|c| {
-        if !due(c) {
-            return true;
-        }
+    let (mut sent, mut missed) = (0, 0);
+    let mut gone = Vec::new();
+    for c in st.consumers.iter_mut().filter(|c| due(c)) {
         match send(c.fd.get_ref().as_raw_fd(), msg.as_bytes(), None) {
             Ok(()) => {
                 c.last = Some(now);
                 c.stat.announced += 1;
-                true
+                sent += 1;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 c.stat.dropped += 1;
-                true
+                missed += 1;
             }
-            Err(_) => {
-                info!(consumer = c.id, "tap consumer gone");
-                false
-            }
+            Err(_) => gone.push(c.id),
         }
-    });
+    }
+    if let Some(t) = st.totals.iter_mut().find(|t| t.camera == cam.name) {
+        t.announced += sent;
+        t.dropped += missed;
+    }
+    if !gone.is_empty() {
+        let (ended, stay): (Vec<Consumer>, Vec<Consumer>) = std::mem::take(&mut st.consumers)
+            .into_iter()
+            .partition(|c| gone.contains(&c.id));
+        st.consumers = stay;
+        for c in ended {
+            end(c, "closed");
+        }
+    }
+    true
 }
 
-fn publish_stats(consumers: &Rc<std::cell::RefCell<Vec<Consumer>>>, counters: &TapCounters) {
-    if let Ok(mut s) = counters.consumers.lock() {
-        s.clear();
-        s.extend(consumers.borrow().iter().map(|c| c.stat.clone()));
+fn publish_stats(shared: &Shared, counters: &TapCounters) {
+    let st = shared.borrow();
+    let stats = TapStats {
+        consumers: st.consumers.iter().map(|c| c.stat.clone()).collect(),
+        subscribed: st.subscribed,
+        refused: st.refused,
+        cameras: st
+            .totals
+            .iter()
+            .map(|t| TapCameraStats {
+                consumers: st
+                    .consumers
+                    .iter()
+                    .filter(|c| c.camera.name == t.camera)
+                    .count(),
+                ..t.clone()
+            })
+            .collect(),
+    };
+    if let Ok(mut s) = counters.stats.lock() {
+        *s = stats;
     }
 }
 

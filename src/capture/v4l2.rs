@@ -145,6 +145,9 @@ impl V4l2Source {
         let fps = interval.map_or(0.0, negotiate::fps_of);
         // `[camera.controls]`, at every open: a replugged camera has lost them.
         let (controls, failed) = controls::apply(&dev, &self.opts.controls);
+        if !self.opts.controls.is_empty() {
+            cam.count_controls_applied(controls, failed.len());
+        }
         if !failed.is_empty() {
             if let Some(held_back) = self.controls_warning.allow() {
                 warn!(device = %path, held_back, failed = ?failed, "some [camera.controls] not applied");

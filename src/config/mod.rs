@@ -280,6 +280,10 @@ pub struct RecordConfig {
     /// Pause recording while the file system has less free than this many MiB. Default 256.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: f64,
+    /// Re-encode each recorded frame at this JPEG quality (1..=100) to save disk. Default: none,
+    /// the camera's bytes are written untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -308,6 +312,8 @@ pub struct RecordSettings {
     /// 0: no size limit.
     pub keep_bytes: u64,
     pub min_free_bytes: u64,
+    /// Re-encode at this JPEG quality; `None`: the camera's bytes, untouched.
+    pub quality: Option<u8>,
 }
 
 impl RecordConfig {
@@ -328,6 +334,12 @@ impl RecordConfig {
             0.0,
             16.0 * 1024.0 * 1024.0,
         )?;
+        if let Some(q) = self.quality.filter(|q| !(1..=100).contains(q)) {
+            return Err(err(
+                key("record.quality"),
+                format!("must be 1..=100 (got {q})"),
+            ));
+        }
         let dir = match &self.dir {
             Some(d) if d.is_absolute() => d.clone(),
             Some(d) => {
@@ -347,6 +359,7 @@ impl RecordConfig {
             keep_age: (hours > 0.0).then(|| Duration::from_secs_f64(hours * 3600.0)),
             keep_bytes: (mb * 1024.0 * 1024.0) as u64,
             min_free_bytes: (free * 1024.0 * 1024.0) as u64,
+            quality: self.quality,
         })
     }
 }
@@ -748,13 +761,24 @@ pub fn estimate_budget(cameras: &[CameraSettings]) -> Budget {
         ));
     }
     let mut b = budget::estimate(&loads, budget::SESSION_TABLE_BYTES);
-    for c in cameras.iter().filter(|c| c.record.is_some()) {
+    for c in cameras.iter() {
+        let Some(r) = &c.record else { continue };
         let bytes = crate::limits::MAX_JPEG_BYTES as u64;
         b.items.push(budget::Item {
             what: format!("camera {}: recording buffer", c.name),
             bytes,
         });
         b.total_bytes += bytes;
+        if r.quality.is_some() {
+            // The decoded planes (4:4:4 at worst: 3 bytes a pixel) and the re-encoded JPEG.
+            let bytes = (crate::limits::RECORD_REENCODE_MAX_PIXELS * 3
+                + crate::limits::MAX_JPEG_BYTES) as u64;
+            b.items.push(budget::Item {
+                what: format!("camera {}: recording re-encode buffers", c.name),
+                bytes,
+            });
+            b.total_bytes += bytes;
+        }
     }
     b
 }

@@ -1,4 +1,5 @@
-//! The event bus: camera state changes, sessions opening and closing, and per-second stats, as typed
+//! The event bus: camera state changes, sessions opening and closing, per-second stats, recording
+//! paused and resumed, frame tap subscribers coming and going, and camera controls set, as typed
 //! events rendered to Server-Sent Events bytes once, when emitted (never once per subscriber).
 //!
 //! One bounded ring (tokio's broadcast channel) holds the last `EVENT_BACKLOG` events; every
@@ -51,6 +52,31 @@ pub enum Event {
         clients: usize,
         state: CameraState,
     },
+    /// Recording paused for want of disk space (`min_free_mb`), or resumed.
+    Recording {
+        camera: String,
+        paused: bool,
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
+    /// A frame tap subscriber subscribed, or went away (`reason`: `closed`, `camera removed`,
+    /// `shutdown`).
+    TapConsumer {
+        id: u64,
+        camera: String,
+        connected: bool,
+        fps: Option<f64>,
+        announced: u64,
+        dropped: u64,
+        reason: &'static str,
+    },
+    /// A camera control set over HTTP: the value asked for and what the driver reads back.
+    ControlSet {
+        camera: String,
+        control: String,
+        value: i64,
+        read_back: Option<i64>,
+    },
 }
 
 impl Event {
@@ -62,6 +88,9 @@ impl Event {
             }
             Event::SessionOpened { .. } | Event::SessionClosed { .. } => "session",
             Event::Stats { .. } => "stats",
+            Event::Recording { .. } => "recording",
+            Event::TapConsumer { .. } => "tap",
+            Event::ControlSet { .. } => "control",
         }
     }
 
@@ -99,6 +128,32 @@ impl Event {
                 clients,
                 state,
             } => json!({"camera": camera, "fps": fps, "clients": clients, "state": state.as_str()}),
+            Event::Recording {
+                camera,
+                paused,
+                free_bytes,
+                min_free_bytes,
+            } => json!({"camera": camera, "state": if *paused { "paused" } else { "recording" },
+                "reason": if *paused { "disk low" } else { "" }, "free_bytes": free_bytes,
+                "min_free_bytes": min_free_bytes}),
+            Event::TapConsumer {
+                id,
+                camera,
+                connected,
+                fps,
+                announced,
+                dropped,
+                reason,
+            } => json!({"event": if *connected { "connected" } else { "disconnected" },
+                "id": id, "camera": camera, "fps": fps, "announced": announced,
+                "dropped": dropped, "reason": reason}),
+            Event::ControlSet {
+                camera,
+                control,
+                value,
+                read_back,
+            } => json!({"camera": camera, "control": control, "value": value,
+                "read_back": read_back}),
         }
     }
 }
@@ -272,6 +327,36 @@ mod tests {
             render(7, &e),
             "id: 7\nevent: camera\ndata: {\"camera\":\"front\",\"reason\":\"gone\",\"state\":\"offline\"}\n\n"
         );
+        let paused = Event::Recording {
+            camera: "belt".into(),
+            paused: true,
+            free_bytes: 1,
+            min_free_bytes: 2,
+        };
+        assert_eq!(paused.kind(), "recording");
+        assert_eq!(paused.data()["state"], "paused");
+        assert_eq!(paused.data()["reason"], "disk low");
+        let gone = Event::TapConsumer {
+            id: 3,
+            camera: "belt".into(),
+            connected: false,
+            fps: None,
+            announced: 9,
+            dropped: 1,
+            reason: "camera removed",
+        };
+        assert_eq!(
+            (gone.kind(), gone.data()["event"].as_str()),
+            ("tap", Some("disconnected"))
+        );
+        let set = Event::ControlSet {
+            camera: "belt".into(),
+            control: "brightness".into(),
+            value: 140,
+            read_back: Some(140),
+        };
+        assert_eq!(set.kind(), "control");
+        assert_eq!(set.data()["read_back"], 140);
         assert_eq!(
             render_overflow(3),
             "event: overflow\ndata: {\"lost\":3}\n\n"

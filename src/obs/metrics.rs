@@ -99,6 +99,27 @@ pub fn render(snap: &Snapshot) -> String {
         );
         family(
             o,
+            "beltcam_recording_reencode_failed_total",
+            "counter",
+            "Recorded frames written untouched because re-encoding them (quality) failed.",
+            &per_rec(&|r| V::I(r.reencode_failed)),
+        );
+        family(
+            o,
+            "beltcam_recording_removed_total",
+            "counter",
+            "Recorded files removed by retention (age or size).",
+            &per_rec(&|r| V::I(r.removed)),
+        );
+        family(
+            o,
+            "beltcam_recording_files",
+            "gauge",
+            "Recorded files kept on disk.",
+            &per_rec(&|r| V::I(r.files)),
+        );
+        family(
+            o,
             "beltcam_recording_bytes",
             "gauge",
             "Bytes of recorded frames kept on disk.",
@@ -110,6 +131,82 @@ pub fn render(snap: &Snapshot) -> String {
             "gauge",
             "1 while recording is paused for want of free disk space.",
             &per_rec(&|r| V::I(r.disk_low.into())),
+        );
+    }
+    let per_ctl = |f: &dyn Fn(&super::stats::ControlStats) -> V| -> Vec<(String, V)> {
+        snap.cameras
+            .iter()
+            .filter_map(|c| Some((format!("camera=\"{}\"", c.name), f(c.controls.as_ref()?))))
+            .collect()
+    };
+    let ctls = per_ctl(&|c| V::I(c.set));
+    if !ctls.is_empty() {
+        family(
+            o,
+            "beltcam_control_sets_total",
+            "counter",
+            "Camera controls set over HTTP that the device took.",
+            &ctls,
+        );
+        family(
+            o,
+            "beltcam_control_set_errors_total",
+            "counter",
+            "Camera control sets over HTTP that failed.",
+            &per_ctl(&|c| V::I(c.set_failed)),
+        );
+        family(
+            o,
+            "beltcam_controls_applied_total",
+            "counter",
+            "[camera.controls] entries set when the device opened (every open counts).",
+            &per_ctl(&|c| V::I(c.applied)),
+        );
+        family(
+            o,
+            "beltcam_controls_apply_errors_total",
+            "counter",
+            "[camera.controls] entries the device refused when it opened.",
+            &per_ctl(&|c| V::I(c.apply_failed)),
+        );
+    }
+    if let Some(t) = &snap.tap {
+        let per_tap = |f: &dyn Fn(&super::stats::TapCameraStats) -> V| -> Vec<(String, V)> {
+            t.cameras
+                .iter()
+                .map(|c| (format!("camera=\"{}\"", c.camera), f(c)))
+                .collect()
+        };
+        family(
+            o,
+            "beltcam_tap_consumers",
+            "gauge",
+            "Frame tap subscribers now.",
+            &per_tap(&|c| V::I(c.consumers as u64)),
+        );
+        family(
+            o,
+            "beltcam_tap_frames_announced_total",
+            "counter",
+            "Frames announced to frame tap subscribers (one per subscriber).",
+            &per_tap(&|c| V::I(c.announced)),
+        );
+        family(
+            o,
+            "beltcam_tap_announcements_dropped_total",
+            "counter",
+            "Announcements a frame tap subscriber missed because its socket was full.",
+            &per_tap(&|c| V::I(c.dropped)),
+        );
+        family(
+            o,
+            "beltcam_tap_subscriptions_total",
+            "counter",
+            "Frame tap subscriptions, by result.",
+            &[
+                ("result=\"accepted\"".into(), V::I(t.subscribed)),
+                ("result=\"refused\"".into(), V::I(t.refused)),
+            ],
         );
     }
     let relays = per_relay(&|u| V::I(u.connected.into()));

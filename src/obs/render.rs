@@ -76,6 +76,9 @@ pub fn stats(snap: &Snapshot) -> Value {
             if let Some(r) = &cam.recording {
                 v["recording"] = json!(r);
             }
+            if let Some(c) = &cam.controls {
+                v["controls"] = json!(c);
+            }
             v
         })
         .collect();
@@ -130,7 +133,7 @@ pub fn stats(snap: &Snapshot) -> Value {
         },
     });
     if let Some(t) = &snap.tap {
-        v["tap"] = json!({ "consumers": t });
+        v["tap"] = json!(t);
     }
     v
 }
@@ -272,6 +275,7 @@ pub(crate) mod tests {
             clients: 3,
             upstream: None,
             recording: None,
+            controls: None,
             last_frame_age: Some(Duration::from_millis(20)),
         };
         let back = CameraView {
@@ -292,6 +296,7 @@ pub(crate) mod tests {
             last_frame_age: None,
             upstream: None,
             recording: None,
+            controls: None,
         };
         Snapshot {
             backend: "io_uring",

@@ -104,6 +104,21 @@ pub struct CameraView {
     pub upstream: Option<UpstreamStats>,
     /// A recording camera's recorder.
     pub recording: Option<RecordingStats>,
+    /// A V4L2 camera's controls.
+    pub controls: Option<ControlStats>,
+}
+
+/// A V4L2 camera's controls: set over HTTP, and its `[camera.controls]` table applied at each open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ControlStats {
+    /// `PUT /cam/NAME/controls/CONTROL` that the device took.
+    pub set: u64,
+    /// Such `PUT`s that failed (no such control, out of range, device missing or busy).
+    pub set_failed: u64,
+    /// `[camera.controls]` entries set when the device opened (every open counts).
+    pub applied: u64,
+    /// Entries the device refused when it opened.
+    pub apply_failed: u64,
 }
 
 /// A recording camera's recorder (`[camera.record]`).
@@ -111,6 +126,8 @@ pub struct CameraView {
 pub struct RecordingStats {
     /// Where its files go (`DIR/CAMERA`).
     pub dir: String,
+    /// The JPEG quality frames are re-encoded at (`None`: the camera's bytes, untouched).
+    pub quality: Option<u8>,
     /// Frames written since start.
     pub written: u64,
     /// Periods skipped because a write took longer than the period.
@@ -119,6 +136,8 @@ pub struct RecordingStats {
     pub errors: u64,
     /// Files removed by retention since start.
     pub removed: u64,
+    /// Frames written untouched because re-encoding them (`quality`) failed.
+    pub reencode_failed: u64,
     /// Files and bytes kept on disk now.
     pub files: u64,
     pub bytes: u64,
@@ -240,6 +259,30 @@ pub struct TapConsumerStats {
     pub dropped: u64,
 }
 
+/// The frame tap (`[tap]`): its subscribers now, and its totals since start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TapStats {
+    /// Subscribers now, oldest first.
+    pub consumers: Vec<TapConsumerStats>,
+    /// Subscriptions accepted since start.
+    pub subscribed: u64,
+    /// Subscriptions refused (`ERR`: a bad line, an unknown camera, the subscriber limit).
+    pub refused: u64,
+    /// Every camera the tap serves, with totals kept as subscribers come and go.
+    pub cameras: Vec<TapCameraStats>,
+}
+
+/// One camera as the tap serves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TapCameraStats {
+    pub camera: String,
+    /// Subscribers now.
+    pub consumers: usize,
+    /// Announcements sent to its subscribers, and missed because a subscriber's socket was full.
+    pub announced: u64,
+    pub dropped: u64,
+}
+
 /// Everything the views show, gathered once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
@@ -258,6 +301,6 @@ pub struct Snapshot {
     pub wedged: Option<String>,
     /// Latency of non-stream requests.
     pub latency: HistogramStats,
-    /// Frame tap subscribers, when the tap is on.
-    pub tap: Option<Vec<TapConsumerStats>>,
+    /// The frame tap, when it is on.
+    pub tap: Option<TapStats>,
 }

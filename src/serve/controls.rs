@@ -23,6 +23,7 @@ use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::http::routes::control_path;
 use crate::net::Conn;
+use crate::obs::events::Event;
 
 /// Control requests running at once, process-wide.
 const MAX_IN_FLIGHT: usize = 2;
@@ -93,9 +94,15 @@ pub async fn set<C: Conn>(
         Err(why) => return Response::error(400, &why),
     };
     let (n, path) = (name.clone(), device);
-    match run(move || controls::set_device(&path, &n, value)).await {
+    let answer = match run(move || controls::set_device(&path, &n, value)).await {
         Ok(Ok(c)) => {
             info!(camera = %cam.name, control = %c.name, value, read_back = ?c.value, "control set");
+            cam.emit(Event::ControlSet {
+                camera: cam.name.clone(),
+                control: c.name.clone(),
+                value,
+                read_back: c.value,
+            });
             Response::json(200, &json!({ "camera": cam.name, "control": c }))
         }
         Ok(Err(e @ ControlError::Unknown(_))) => {
@@ -103,7 +110,10 @@ pub async fn set<C: Conn>(
         }
         Ok(Err(e)) => Response::error(e.status(), &e.to_string()),
         Err(r) => r,
-    }
+    };
+    // Counted once the device was asked (a bad request above is not the camera's doing).
+    cam.count_control_set(answer.status == 200);
+    answer
 }
 
 /// The body's bytes (after the head in `buf`, the rest read until `deadline`); `None` when it did

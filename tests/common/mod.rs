@@ -5,7 +5,7 @@
 //! `beltcam-testkit` crate (`testkit/`); this module wraps them for tests.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -599,4 +599,64 @@ pub fn session_peers(port: u16) -> Vec<String> {
         .iter()
         .map(|s| s["peer"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// An SSE reader: yields (event, data) pairs.
+pub struct Sse(std::io::BufReader<TcpStream>);
+
+impl Sse {
+    pub fn open(port: u16, path: &str) -> Sse {
+        let mut s = connect(port);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("content-type") {
+                assert!(line.contains("text/event-stream"));
+            }
+        }
+        Sse(r)
+    }
+
+    pub fn next(&mut self) -> Option<(String, String)> {
+        let (mut event, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            if self.0.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if !event.is_empty() {
+                    return Some((event, data));
+                }
+                continue;
+            }
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data = d.to_string();
+            }
+        }
+    }
+
+    /// The first event of `kind` whose data contains `needle`, within `limit`.
+    pub fn find(&mut self, kind: &str, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let (e, d) = self.next()?;
+            if e == kind && d.contains(needle) {
+                return Some(d);
+            }
+        }
+        None
+    }
 }
