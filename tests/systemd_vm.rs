@@ -723,7 +723,8 @@ const TAP_FRAMES: usize = 30;
 /// daemon's, beltcam), the service restarted, then the README's client command
 /// (`python3 clients/beltcam_tap.py SOCKET CAMERA --count N --out DIR`) run as a user in group
 /// beltcam: 30 frames of the vivid camera, each sent back to the host and decoded here. A user
-/// outside the group runs the same command and is refused.
+/// outside the group runs the same command and is refused. (`reset-failed` first: the checks
+/// before restarted the unit StartLimitBurst=5 times within its 60 s.)
 fn tap_under_the_unit(vm: &SysVm, log: &mut Log) {
     let (rc, out) = vm.ctl_for(
         "set -e; f=/etc/beltcam/beltcam.toml\n\
@@ -731,7 +732,7 @@ fn tap_under_the_unit(vm: &SysVm, log: &mut Log) {
          grep -q '^socket = \"/run/beltcam/tap.sock\"' $f\n\
          id tapml >/dev/null 2>&1 || useradd --system --no-create-home --groups beltcam tapml\n\
          id tapother >/dev/null 2>&1 || useradd --system --no-create-home tapother\n\
-         systemctl restart beltcam\n\
+         systemctl reset-failed beltcam; systemctl restart beltcam\n\
          for i in $(seq 100); do [ -S /run/beltcam/tap.sock ] && break; sleep 0.1; done\n\
          stat -c '%A %U:%G %n' /run/beltcam /run/beltcam/tap.sock\n\
          id tapml; id tapother",
@@ -831,7 +832,7 @@ fn tap_under_the_unit(vm: &SysVm, log: &mut Log) {
         "f=/etc/beltcam/beltcam.toml\n\
          sed -i 's|^# group = \"beltcam\"|group = \"beltcam\"|' $f\n\
          grep -q '^group = \"beltcam\"' $f && echo 'group line set'\n\
-         systemctl restart beltcam\n\
+         systemctl reset-failed beltcam; systemctl restart beltcam\n\
          for i in $(seq 100); do [ -S /run/beltcam/tap.sock ] && break; sleep 0.1; done\n\
          runuser -u tapml -- python3 /mnt/host/clients/beltcam_tap.py /run/beltcam/tap.sock front \
            --count 3 --seconds 30 2>&1 | tail -n 1; echo \"client rc=${PIPESTATUS[0]}\"\n\
