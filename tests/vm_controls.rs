@@ -374,7 +374,7 @@ fn on_demand(vm: &vm::Vm, port: u16) {
         .map(|w| format!("{:.0}", w.as_secs_f64() * 1e3))
         .collect();
     eprintln!(
-        "vm: on demand (vivid 640x480 YUYV, TCG): request -> first newly captured frame {} ms \
+        "vm: on demand (vivid 640x480 YUYV): request -> first newly captured frame {} ms \
          (3 wakes; stale pre-idle parts served before it: {stales:?}); snapshot of the idle camera {:.0} ms",
         ms.join(", "),
         snap.as_secs_f64() * 1e3
