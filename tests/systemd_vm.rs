@@ -8,7 +8,10 @@
 //! - connections made while `systemctl restart beltcam` runs are all served (socket activation);
 //! - SIGSTOP of the main process: the watchdog restarts it within WatchdogSec + RestartSec;
 //!   `systemctl kill -s KILL beltcam`: restarted;
-//! - `systemd-analyze security beltcam.service` <= 1.5 on the booted system.
+//! - `systemd-analyze security beltcam.service` <= 1.5 on the booted system;
+//! - the frame tap under the unit (`[tap] socket = "/run/beltcam/tap.sock"`, the unit's
+//!   RuntimeDirectory): `clients/beltcam_tap.py` run by a user in group beltcam reads 30 frames of
+//!   the vivid camera (each decoded on the host); a user outside the group is refused.
 //!
 //! One boot runs every check; a failed check is recorded and the others still run. Prints a loud
 //! SKIP (and fails under CI=true) where qemu, the image tools or Debian's packages are missing.
@@ -78,6 +81,10 @@ fn beltcam_under_systemd_in_a_vm() {
             repo.join("systemd/beltcam.socket"),
             "systemd/beltcam.socket",
         ),
+        (
+            repo.join("clients/beltcam_tap.py"),
+            "clients/beltcam_tap.py",
+        ),
     ];
     let t0 = Instant::now();
     let mut vm = SysVm::boot(&img, &share, &[HTTP]);
@@ -106,6 +113,7 @@ fn beltcam_under_systemd_in_a_vm() {
     kill_restarts(&vm, &mut log);
     reload_applies_camera_list(&vm, port, &mut log);
     security(&vm, &mut log);
+    tap_under_the_unit(&vm, &mut log);
     let (_, failed) = vm.ctl("systemctl --failed --no-pager --plain --legend=no");
     log.check(failed.trim().is_empty(), || {
         format!("failed units at the end: {failed}")
@@ -705,4 +713,140 @@ fn reload_applies_camera_list(vm: &SysVm, port: u16, log: &mut Log) {
     log.check(still, || {
         "after a refused reload the running camera list changed".into()
     });
+}
+
+/// Frames the tap's client reads under the unit.
+const TAP_FRAMES: usize = 30;
+
+/// The frame tap under the shipped unit: the README's `[tap]` line enabled in the installed config
+/// (`socket = "/run/beltcam/tap.sock"`, in the unit's RuntimeDirectory; the tap's group is the
+/// daemon's, beltcam), the service restarted, then the README's client command
+/// (`python3 clients/beltcam_tap.py SOCKET CAMERA --count N --out DIR`) run as a user in group
+/// beltcam: 30 frames of the vivid camera, each sent back to the host and decoded here. A user
+/// outside the group runs the same command and is refused. (`reset-failed` first: the checks
+/// before restarted the unit StartLimitBurst=5 times within its 60 s.)
+fn tap_under_the_unit(vm: &SysVm, log: &mut Log) {
+    let (rc, out) = vm.ctl_for(
+        "set -e; f=/etc/beltcam/beltcam.toml\n\
+         sed -i 's|^# socket = \"/run/beltcam/tap.sock\"|socket = \"/run/beltcam/tap.sock\"|' $f\n\
+         grep -q '^socket = \"/run/beltcam/tap.sock\"' $f\n\
+         id tapml >/dev/null 2>&1 || useradd --system --no-create-home --groups beltcam tapml\n\
+         id tapother >/dev/null 2>&1 || useradd --system --no-create-home tapother\n\
+         systemctl reset-failed beltcam; systemctl restart beltcam\n\
+         for i in $(seq 100); do [ -S /run/beltcam/tap.sock ] && break; sleep 0.1; done\n\
+         stat -c '%A %U:%G %n' /run/beltcam /run/beltcam/tap.sock\n\
+         id tapml; id tapother",
+        Duration::from_secs(90),
+    );
+    log.note(format!(
+        "tap under the unit: {}",
+        out.lines().collect::<Vec<_>>().join("; ")
+    ));
+    if rc != 0 {
+        let (_, j) = vm.ctl("journalctl -u beltcam -b --no-pager | grep -i tap | tail -n 5");
+        log.check(false, || {
+            format!("enabling [tap] under the unit failed (rc {rc}): {out}\n{j}")
+        });
+        return;
+    }
+
+    // In the group: the client as the README runs it, frames written to a folder it owns.
+    let t = Instant::now();
+    let (_, out) = vm.ctl_for(
+        &format!(
+            "rm -rf /tmp/tap; install -d -o tapml -m 0700 /tmp/tap\n\
+             runuser -u tapml -- python3 /mnt/host/clients/beltcam_tap.py /run/beltcam/tap.sock front \
+               --count {TAP_FRAMES} --out /tmp/tap --seconds 60 2>&1; echo \"client rc=$?\"\n\
+             for f in /tmp/tap/*.jpg; do [ -f \"$f\" ] && echo \"JPEG $(base64 -w0 \"$f\")\"; done"
+        ),
+        Duration::from_secs(120),
+    );
+    let took = t.elapsed();
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_default();
+    let jpegs: Vec<Vec<u8>> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("JPEG "))
+        .filter_map(|b| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .collect();
+    let valid = jpegs
+        .iter()
+        .filter(|j| {
+            j.starts_with(&[0xff, 0xd8])
+                && j.ends_with(&[0xff, 0xd9])
+                && turbojpeg::decompress(j, turbojpeg::PixelFormat::GRAY)
+                    .is_ok_and(|img| (img.width, img.height) == (640, 480))
+        })
+        .count();
+    log.note(format!(
+        "tap under the unit: user tapml (group beltcam) read {} frames with clients/beltcam_tap.py \
+         (client summary {summary}); {valid} of {} decode as 640x480 JPEG on the host; {:.1} s with the copy back",
+        summary["frames"],
+        jpegs.len(),
+        took.as_secs_f64()
+    ));
+    let client_ok = out.lines().any(|l| l.trim() == "client rc=0");
+    log.check(
+        client_ok && summary["frames"].as_u64() == Some(TAP_FRAMES as u64),
+        || {
+            let tail: Vec<&str> = out.lines().filter(|l| !l.starts_with("JPEG ")).collect();
+            format!(
+                "the tap client in group beltcam did not read {TAP_FRAMES} frames: {}",
+                tail.join("\n")
+            )
+        },
+    );
+    log.check(jpegs.len() == TAP_FRAMES && valid == TAP_FRAMES, || {
+        format!(
+            "{valid} of {} tapped frames are valid 640x480 JPEGs, want {TAP_FRAMES}",
+            jpegs.len()
+        )
+    });
+
+    // Outside the group: the same command is refused (no way into /run/beltcam or the socket).
+    let (_, out) = vm.ctl(
+        "runuser -u tapother -- python3 /mnt/host/clients/beltcam_tap.py /run/beltcam/tap.sock front \
+           --count 1 --seconds 10 2>&1 | tail -n 1; echo \"client rc=${PIPESTATUS[0]}\"",
+    );
+    let refused = out.contains("PermissionError") && !out.contains("client rc=0");
+    log.note(format!(
+        "tap under the unit: user tapother (not in group beltcam): {}",
+        out.lines().collect::<Vec<_>>().join("; ")
+    ));
+    log.check(refused, || {
+        format!("a user outside group beltcam was not refused by the tap: {out}")
+    });
+
+    // The example config's `group = "beltcam"` spelled out (the unit's Group, so the same socket):
+    // the daemon must not need chown(2) for it, which the unit's `SystemCallFilter=~@privileged`
+    // (it holds @chown) refuses.
+    let (_, out) = vm.ctl_for(
+        "f=/etc/beltcam/beltcam.toml\n\
+         sed -i 's|^# group = \"beltcam\"|group = \"beltcam\"|' $f\n\
+         grep -q '^group = \"beltcam\"' $f && echo 'group line set'\n\
+         systemctl reset-failed beltcam; systemctl restart beltcam\n\
+         for i in $(seq 100); do [ -S /run/beltcam/tap.sock ] && break; sleep 0.1; done\n\
+         runuser -u tapml -- python3 /mnt/host/clients/beltcam_tap.py /run/beltcam/tap.sock front \
+           --count 3 --seconds 30 2>&1 | tail -n 1; echo \"client rc=${PIPESTATUS[0]}\"\n\
+         journalctl -u beltcam -b --no-pager -n 200 | grep 'frame tap' | tail -n 1",
+        Duration::from_secs(90),
+    );
+    log.note(format!(
+        "tap under the unit with group = \"beltcam\" set: {}",
+        out.lines().collect::<Vec<_>>().join("; ")
+    ));
+    log.check(
+        out.contains("group line set")
+            && out.contains("client rc=0")
+            && out.contains("\"frames\": 3"),
+        || format!("the tap with `group = \"beltcam\"` under the unit: {out}"),
+    );
 }

@@ -706,8 +706,14 @@ fn bind_seqpacket(path: &std::path::Path, group: Option<u32>) -> std::io::Result
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
+    // Only when the group differs: the socket is already the daemon's group, and under the shipped
+    // unit chown(2) is refused (SystemCallFilter=~@privileged holds @chown).
+    use std::os::unix::fs::MetadataExt;
+    if let Some(gid) = group.filter(|&g| std::fs::metadata(path).map_or(true, |m| m.gid() != g)) {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            let _ = std::fs::remove_file(path); // no socket file nobody listens on
+            return Err(e);
+        }
     }
     Ok(fd)
 }

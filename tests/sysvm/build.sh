@@ -12,8 +12,9 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 D=${SYSVM_DIR:-$HERE/../../target/sysvm}; R=$D/rootfs; OUT=$D/out; K=$D/kernel; I=$D/initrd
-# passwd: useradd (the README's install step); curl: the guest-side checks
-PKGS="systemd,systemd-sysv,udev,dbus,kmod,iproute2,passwd,curl,procps"
+# passwd: useradd (the README's install step); curl: the guest-side checks; python3: the frame tap's
+# client (clients/beltcam_tap.py, standard library only)
+PKGS="systemd,systemd-sysv,udev,dbus,kmod,iproute2,passwd,curl,procps,python3"
 # modules for the rootfs (closure added by modules.dep); the initrd gets only what mounts /
 MODS="virtio_pci virtio_blk virtio_net virtio_rng virtio_console qemu_fw_cfg ext4 crc32c_generic
       binfmt_misc 9p 9pnet_virtio autofs4 fuse loop configfs efi_pstore vivid"
