@@ -18,7 +18,7 @@
 # usage: scripts/vm-peers.sh            (env: PEERS_N="1 10 50" PEERS_WINDOW=10 PEERS_MODES="yuyv mjpeg"
 #                                        BELTCAM_BIN=target/release/beltcam VMH_DIR=target/vmh)
 # needs: qemu-system-x86 cpio xz-utils zstd gcc-12 make bzip2 python3, Debian package access (the
-#        image build, cached in VMH_DIR). Not part of the test suite (a run takes ~5 minutes).
+#        image build, cached in VMH_DIR). Not part of the test suite (a run takes ~3 minutes).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NS=${PEERS_N:-1 10 50}
@@ -55,7 +55,11 @@ bash "$ROOT/tests/vm/run.sh" --timeout 1800 --log "$OUT/console.log" \
   --add "$ROOT/tests/vm/guest/peers-ctl:/usr/bin/peers-ctl" \
   --script "$ROOT/tests/vm/guest/peers.sh" >/dev/null 2>&1 &
 VM=$!
-cleanup() { CTL_TIMEOUT=5 ctl 'touch /tmp/stop' >/dev/null 2>&1 || true; sleep 1; kill "$VM" 2>/dev/null || true; }
+cleanup() {
+  CTL_TIMEOUT=5 ctl 'touch /tmp/stop' >/dev/null 2>&1 || true
+  for _ in $(seq 1 50); do kill -0 "$VM" 2>/dev/null || return 0; sleep 0.2; done   # bounded wait for poweroff
+  kill "$VM" 2>/dev/null || true
+}
 trap cleanup EXIT
 for _ in $(seq 1 300); do
   ctl 'ls /dev/video*' >/dev/null 2>&1 && break
