@@ -58,10 +58,19 @@ fn an_idle_camera_stops_and_the_next_viewer_starts_it_within_500_ms() {
     let (_, _, m) = get(d.port, "/metrics").unwrap();
     assert!(String::from_utf8_lossy(&m).contains("beltcam_camera_idle{camera=\"belt\"} 1"));
 
+    // Pool sequence numbers count every published frame, placeholders included: the newest
+    // before the wake is stale.
+    let frames = &cam(&d)["frames"];
+    let stale = frames["published"].as_u64().unwrap() + frames["placeholders"].as_u64().unwrap();
     let t0 = Instant::now();
     let mut v = Viewer::open(d.port, "/stream");
     let first = v.next_part().expect("a frame");
     let waited = t0.elapsed();
+    assert!(
+        first.seq > stale,
+        "the first frame after the wake is #{}, captured before the camera went idle (#{stale})",
+        first.seq
+    );
     assert_eq!(
         decode(&first.jpeg),
         (320, 240),

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::respond::{refuse, send};
 use super::{Count, Server};
-use crate::capture::{now_us, Camera};
+use crate::capture::{now_us, Camera, CameraState};
 use crate::config::Settings;
 use crate::http::multipart::{custom_part_header, ExtraHeaders, ADVANCE_HEADERS, PART_TRAILER};
 use crate::http::params::{self, StreamParams};
@@ -201,8 +201,11 @@ pub async fn stream<C: Conn>(
         },
     );
     debug!(session = session.id, %peer, camera = %cam.name, "session opened");
-    // Capture runs while any session wants frames (capture on demand).
+    // Capture runs while any session wants frames (capture on demand). Woken from idle, the pool's
+    // newest frame is the one from before the camera stopped: the session starts after it.
+    let woke = cam.state() == CameraState::Idle;
     let _demand = cam.demand();
+    let stale = if woke { cam.pool.newest_seq() } else { 0 };
     let typical = cam
         .pool
         .lease_newest()
@@ -218,7 +221,7 @@ pub async fn stream<C: Conn>(
     let counters = &session.counters;
     let mut frames = cam.subscribe();
     let mut shutdown = app.shutdown.subscribe();
-    let mut last = 0u64;
+    let mut last = stale;
     // Reused for per-session part headers and trailers (owned: an io_uring write owns its buffer).
     let mut scratch: Vec<u8> = Vec::with_capacity(if params.extra_headers { 640 } else { 64 });
     let period = params
