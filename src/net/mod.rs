@@ -8,6 +8,7 @@
 //! This layer knows no application: it takes listeners, the shutdown signal, a heartbeat and a
 //! [`Handler`] that is given every accepted connection. Admission, counters and HTTP live above.
 
+pub mod batch;
 pub mod epoll;
 pub mod uring;
 

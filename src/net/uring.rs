@@ -11,7 +11,7 @@ use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use super::{pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
+use super::{batch, pollout_now, run_thread, Acceptor, Conn, Handler, ServeThread};
 use crate::pool::LeaseBuf;
 
 pub struct UringConn {
@@ -19,6 +19,7 @@ pub struct UringConn {
     ready: Option<AsyncFd<RawFd>>,
     stream: TcpStream,
     fd: RawFd,
+    drain: batch::DrainSlot,
 }
 
 impl Conn for UringConn {
@@ -40,6 +41,12 @@ impl Conn for UringConn {
     }
 
     async fn drained(&mut self) -> io::Result<()> {
+        // Drained already (the usual case for a viewer that reads): answered with the thread's
+        // batch. Otherwise wait for readiness.
+        match batch::drained(self.fd, &self.drain).await {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
         // tokio-uring has no poll operation; the tokio reactor underneath it does readiness.
         if self.ready.is_none() {
             // SAFETY: `fd` belongs to `self.stream`, which outlives the registration (the field
@@ -118,6 +125,7 @@ impl Acceptor for UringAcceptor {
                 ready: None,
                 stream,
                 fd,
+                drain: batch::DrainSlot::default(),
             },
             peer,
         ))
