@@ -483,7 +483,7 @@ impl Camera {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn publish_placeholder(&self) {
+    pub(crate) fn publish_placeholder(&self) {
         let len = self.placeholder.len();
         if len == 0 {
             return;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::debug;
 
+use super::fanout;
 use super::respond::{refuse, send};
 use super::{Count, Server};
 use crate::capture::{now_us, Camera, CameraState};
@@ -219,7 +220,8 @@ pub async fn stream<C: Conn>(
         return;
     }
     let counters = &session.counters;
-    let mut frames = cam.subscribe();
+    // Woken by this thread's relay of the camera's frames (see `fanout`).
+    let frames = fanout::frames(&cam);
     let mut shutdown = app.shutdown.subscribe();
     let mut last = stale;
     // Reused for per-session part headers and trailers (owned: an io_uring write owns its buffer).
@@ -241,7 +243,7 @@ pub async fn stream<C: Conn>(
                 break 'session "camera removed";
             }
             tokio::select! {
-                r = frames.changed() => if r.is_err() { break 'session "camera gone" },
+                r = frames.after(&cam, last) => if r.is_err() { break 'session "camera gone" },
                 _ = triggered(&mut shutdown) => break 'session "shutdown",
                 _ = counters.closed() => break 'session "closed by admin",
             }

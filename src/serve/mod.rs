@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod conn;
 pub(crate) mod controls;
 pub(crate) mod deliver;
+pub(crate) mod fanout;
 pub(crate) mod page;
 pub(crate) mod respond;
 pub(crate) mod sse;
