@@ -29,7 +29,8 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Viewer counts, comma-separated (each 1..=1000).
+    /// Viewer counts, comma-separated (each 1..=10000). Beltcam's session table holds 1024 (its
+    /// compiled capacity); beyond that its extra viewers are refused with 503.
     #[arg(long, value_delimiter = ',', default_value = "5,100")]
     viewers: Vec<usize>,
     /// Frame sizes WxH, comma-separated.
@@ -75,6 +76,15 @@ pub struct Args {
     /// Stream path the viewers request.
     #[arg(long, default_value = "/stream")]
     path: String,
+    /// Percentage of each configuration's viewers that read slowly (at --slow-kbps), on every server.
+    #[arg(long, default_value_t = 0.0)]
+    slow_share: f64,
+    /// Read rate of the slow viewers, in kbit/s.
+    #[arg(long, default_value_t = 64)]
+    slow_kbps: u64,
+    /// Percentage of the viewers that read the response head and then never read again.
+    #[arg(long, default_value_t = 0.0)]
+    stalled_share: f64,
     /// Load-generator threads (each one epoll loop).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -119,6 +129,14 @@ pub struct Config {
     pub width: u16,
     pub height: u16,
     pub fps: u32,
+}
+
+/// Most viewers in one configuration.
+const MAX_VIEWERS: usize = 10_000;
+
+/// How many of `viewers` a share of `pct` percent is (rounded, at most `viewers`).
+pub fn share_of(viewers: usize, pct: f64) -> usize {
+    ((viewers as f64 * pct / 100.0).round() as usize).min(viewers)
 }
 
 fn parse_size(s: &str) -> Result<(u16, u16), String> {
@@ -192,8 +210,11 @@ fn cfg(viewers: usize, width: u16, height: u16, fps: u32) -> Config {
 
 fn validate(args: &Args, configs: &[Config]) -> Result<(), String> {
     for c in configs {
-        if c.viewers == 0 || c.viewers > 1000 {
-            return Err(format!("viewers {} out of range (1..=1000)", c.viewers));
+        if c.viewers == 0 || c.viewers > MAX_VIEWERS {
+            return Err(format!(
+                "viewers {} out of range (1..={MAX_VIEWERS})",
+                c.viewers
+            ));
         }
         if c.fps == 0 || c.fps > 240 {
             return Err(format!("fps {} out of range (1..=240)", c.fps));
@@ -211,6 +232,18 @@ fn validate(args: &Args, configs: &[Config]) -> Result<(), String> {
     }
     if !(0.0..=60.0).contains(&args.warmup) || !(0.1..=600.0).contains(&args.connect_timeout) {
         return Err("--warmup must be within 0..=60 and --connect-timeout within 0.1..=600".into());
+    }
+    let share_ok = |p: f64| (0.0..=100.0).contains(&p);
+    if !share_ok(args.slow_share)
+        || !share_ok(args.stalled_share)
+        || args.slow_share + args.stalled_share > 100.0
+    {
+        return Err(
+            "--slow-share and --stalled-share must be percentages summing to <= 100".into(),
+        );
+    }
+    if args.slow_kbps == 0 || args.slow_kbps > 10_000_000 {
+        return Err("--slow-kbps must be within 1..=10000000".into());
     }
     if args.threads == 0 || args.threads > 64 {
         return Err("--threads must be within 1..=64".into());
@@ -280,5 +313,13 @@ mod tests {
         assert_eq!(parse_size("640x480"), Ok((640, 480)));
         assert!(parse_size("640").is_err());
         assert!(parse_size("0x10").is_err());
+    }
+
+    #[test]
+    fn shares() {
+        assert_eq!(share_of(100, 10.0), 10);
+        assert_eq!(share_of(3, 0.0), 0);
+        assert_eq!(share_of(3, 100.0), 3);
+        assert_eq!(share_of(5, 10.0), 1);
     }
 }

@@ -4,7 +4,7 @@
 //! viewer counts; each beltcam row is also given as a ratio to the raw baseline's figure from the same
 //! run and configuration, so machine noise and loopback cost cancel out.
 
-use crate::viewer::ViewerStats;
+use crate::viewer::{Kind, ViewerStats};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -17,7 +17,15 @@ pub struct Row {
     pub height: u16,
     pub fps: u32,
     pub connected: usize,
+    /// Viewers that read slowly / stalled after the head (the rest are fast).
+    pub slow: usize,
+    pub stalled: usize,
+    /// Median fps of the connected slow viewers.
+    pub slow_fps_median: Option<f64>,
+    /// Slow or stalled viewers whose connection ended during the run (the server dropped them).
+    pub slow_dropped: usize,
     pub seconds: f64,
+    /// fps and latency are over the connected fast viewers only.
     pub fps_min: f64,
     pub fps_median: f64,
     pub frames: u64,
@@ -53,13 +61,20 @@ pub struct Measured<'a> {
 pub fn row(m: &Measured<'_>) -> Row {
     let v = m.viewers;
     let connected: Vec<&ViewerStats> = v.iter().filter(|s| s.connected).collect();
-    let mut fps: Vec<f64> = connected
-        .iter()
-        .map(|s| s.frames as f64 / m.seconds.max(1e-9))
-        .collect();
-    fps.sort_by(f64::total_cmp);
+    let fps_of = |kind: Kind| {
+        let mut f: Vec<f64> = connected
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.frames as f64 / m.seconds.max(1e-9))
+            .collect();
+        f.sort_by(f64::total_cmp);
+        f
+    };
+    let fps = fps_of(Kind::Fast);
+    let slow_fps = fps_of(Kind::Slow);
     let mut lat: Vec<i64> = v
         .iter()
+        .filter(|s| s.kind == Kind::Fast)
         .flat_map(|s| s.latencies_us.iter().copied())
         .collect();
     lat.sort_unstable();
@@ -79,6 +94,13 @@ pub fn row(m: &Measured<'_>) -> Row {
         height: m.height,
         fps: m.fps,
         connected: connected.len(),
+        slow: v.iter().filter(|s| s.kind == Kind::Slow).count(),
+        stalled: v.iter().filter(|s| s.kind == Kind::Stalled).count(),
+        slow_fps_median: percentile_f(&slow_fps, 0.5),
+        slow_dropped: v
+            .iter()
+            .filter(|s| s.kind != Kind::Fast && s.connected && s.error.is_some())
+            .count(),
         seconds: m.seconds,
         fps_min: fps.first().copied().unwrap_or(0.0),
         fps_median: percentile_f(&fps, 0.5).unwrap_or(0.0),
@@ -139,13 +161,13 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| server | viewers | frame | fps | JPEG KB | connected | fps/viewer min/med | MB/s | server CPU s | CPU s/GB | vs baseline | peak RSS MiB | latency ms p50/p99/max | loadgen CPU s |\n",
+        "| server | viewers | frame | fps | JPEG KB | connected | slow/stalled (dropped) | slow fps med | fast fps/viewer min/med | MB/s | server CPU s | CPU s/GB | vs baseline | peak RSS MiB | latency ms p50/p99/max | loadgen CPU s |\n",
     );
-    s.push_str("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|\n");
+    s.push_str("|---|---:|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|---:|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {}x{} | {} | {:.1} | {}/{} | {:.1} / {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {} / {} / {} | {:.2} |",
+            "| {} | {} | {}x{} | {} | {:.1} | {}/{} | {} / {} ({}) | {} | {:.1} / {:.1} | {:.1} | {:.2} | {} | {} | {:.1} | {} / {} / {} | {:.2} |",
             r.server,
             r.viewers,
             r.width,
@@ -154,6 +176,10 @@ pub fn markdown(rows: &[Row]) -> String {
             r.mean_jpeg_bytes / 1000.0,
             r.connected,
             r.viewers,
+            r.slow,
+            r.stalled,
+            r.slow_dropped,
+            opt(r.slow_fps_median, 2),
             r.fps_min,
             r.fps_median,
             r.mb_per_s,

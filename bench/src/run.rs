@@ -21,10 +21,16 @@ pub fn run(
     attach: Option<(SocketAddrV4, Option<String>)>,
 ) -> Result<bool, String> {
     let max_viewers = configs.iter().map(|c| c.viewers).max().unwrap_or(1);
+    // One fd per viewer here; the baseline child (which inherits the limit) needs as many again.
+    let want = max_viewers as u64 + 256;
     let nofile = sys::raise_nofile(max_viewers as u64 * 2 + 512)
         .map_err(|e| format!("raise RLIMIT_NOFILE: {e}"))?;
-    if (nofile as usize) < max_viewers + 64 {
-        eprintln!("warning: RLIMIT_NOFILE is {nofile}; {max_viewers} viewers may not all connect");
+    if nofile < want {
+        return Err(format!(
+            "RLIMIT_NOFILE hard limit allows {nofile} open files, {max_viewers} viewers need {want}: \
+             raise it (e.g. `ulimit -Hn {}` as root, or LimitNOFILE=) or use fewer viewers",
+            max_viewers * 2 + 512
+        ));
     }
     let work = std::env::temp_dir().join(format!("beltcam-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
@@ -218,6 +224,10 @@ fn measure(
         path: path.to_string(),
         viewers: c.viewers,
         threads: args.threads,
+        slow: crate::share_of(c.viewers, args.slow_share),
+        stalled: crate::share_of(c.viewers, args.stalled_share)
+            .min(c.viewers - crate::share_of(c.viewers, args.slow_share)),
+        slow_bytes_per_s: args.slow_kbps * 1000 / 8,
     })
     .map_err(|e| format!("start viewers: {e}"))?;
     let deadline = Instant::now() + secs(args.connect_timeout);

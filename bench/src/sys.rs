@@ -53,6 +53,11 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
+    /// Removes `fd` from the set (a slow or stalled viewer is read on a timer, or never).
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
     /// Waits up to `timeout` and returns the ready `(token, events)` pairs.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<Vec<(u64, u32)>> {
         // Round up so a sub-millisecond wait does not become a busy loop.

@@ -6,6 +6,10 @@
 //! opened with a bounded number in flight so a 1,000-viewer run does not overflow the server's
 //! accept/pending queue. Frames, bytes and latency (receive time of a part's last byte minus its
 //! `X-Timestamp`) are only counted while the run's measured window is open.
+//!
+//! A share of the viewers may be slow (read at most `slow_bytes_per_s`, on a timer) or stalled
+//! (read the response head, then never read again): the slow-client presets. Both are taken out of
+//! the epoll set once their head arrived, so they cost the loop nothing while they wait.
 
 use crate::multipart::Parser;
 use crate::sys::{self, Epoll};
@@ -15,7 +19,7 @@ use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PHASE_CONNECT: u8 = 0;
 const PHASE_MEASURE: u8 = 1;
@@ -23,6 +27,20 @@ const PHASE_STOP: u8 = 2;
 const READ_BUF: usize = 256 * 1024;
 /// Connections per thread that are opening or waiting for their response head at once.
 const MAX_IN_FLIGHT: usize = 32;
+/// How often slow viewers get their read allowance.
+const SLOW_TICK: Duration = Duration::from_millis(50);
+
+/// How a viewer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// As fast as the loop can.
+    #[default]
+    Fast,
+    /// At most `LoadConfig::slow_bytes_per_s`.
+    Slow,
+    /// The response head, then nothing.
+    Stalled,
+}
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -30,11 +48,16 @@ pub struct LoadConfig {
     pub path: String,
     pub viewers: usize,
     pub threads: usize,
+    /// Of `viewers`, how many read slowly and how many stall after the head.
+    pub slow: usize,
+    pub stalled: usize,
+    pub slow_bytes_per_s: u64,
 }
 
 /// What one viewer saw.
 #[derive(Debug, Clone, Default)]
 pub struct ViewerStats {
+    pub kind: Kind,
     /// A `200` multipart response head arrived.
     pub connected: bool,
     /// Why the connection failed or ended early, if it did.
@@ -75,13 +98,24 @@ impl Load {
             settled: AtomicUsize::new(0),
         });
         let threads = cfg.threads.clamp(1, cfg.viewers.max(1));
+        // Slow and stalled viewers first, dealt round-robin so every thread gets its share.
+        let mut per_thread: Vec<Vec<Kind>> = vec![Vec::new(); threads];
+        for i in 0..cfg.viewers {
+            let kind = if i < cfg.slow {
+                Kind::Slow
+            } else if i < cfg.slow + cfg.stalled {
+                Kind::Stalled
+            } else {
+                Kind::Fast
+            };
+            per_thread[i % threads].push(kind);
+        }
         let mut handles = Vec::with_capacity(threads);
-        for t in 0..threads {
-            let count = cfg.viewers / threads + usize::from(t < cfg.viewers % threads);
+        for (t, kinds) in per_thread.into_iter().enumerate() {
             let (cfg, shared) = (cfg.clone(), Arc::clone(&shared));
             let h = std::thread::Builder::new()
                 .name(format!("viewers-{t}"))
-                .spawn(move || run_thread(&cfg, count, &shared))?;
+                .spawn(move || run_thread(&cfg, &kinds, &shared))?;
             handles.push(h);
         }
         Ok(Load { shared, handles })
@@ -129,24 +163,40 @@ struct Conn {
     stats: ViewerStats,
     last_seq: Option<u64>,
     settled: bool,
+    /// Bytes a slow viewer may still read.
+    allowance: f64,
 }
 
-fn run_thread(cfg: &LoadConfig, count: usize, shared: &Shared) -> Result<Vec<ViewerStats>, String> {
+fn run_thread(
+    cfg: &LoadConfig,
+    kinds: &[Kind],
+    shared: &Shared,
+) -> Result<Vec<ViewerStats>, String> {
+    let count = kinds.len();
     let mut ep = Epoll::new(count.min(1024)).map_err(|e| format!("epoll_create: {e}"))?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: beltcam-bench\r\nAccept: */*\r\n\r\n",
         cfg.path, cfg.addr
     );
-    let mut conns: Vec<Conn> = (0..count)
-        .map(|_| Conn {
+    let mut conns: Vec<Conn> = kinds
+        .iter()
+        .map(|&kind| Conn {
             state: State::Idle,
             sock: None,
             parser: Parser::new(false),
-            stats: ViewerStats::default(),
+            stats: ViewerStats {
+                kind,
+                ..ViewerStats::default()
+            },
             last_seq: None,
             settled: false,
+            allowance: 0.0,
         })
         .collect();
+    let slow_rate = cfg.slow_bytes_per_s as f64;
+    // At most 200 ms worth of reading in one go, and at least one byte so a tiny rate still moves.
+    let slow_burst = (slow_rate * 0.2).max(1.0);
+    let mut last_tick = Instant::now();
     let mut buf = vec![0u8; READ_BUF];
     let mut next_open = 0;
     let mut in_flight = 0;
@@ -195,10 +245,50 @@ fn run_thread(cfg: &LoadConfig, count: usize, shared: &Shared) -> Result<Vec<Vie
                 c.stats.connected = true;
                 in_flight -= 1;
                 shared.settled.fetch_add(1, Ordering::Relaxed);
+                if c.stats.kind != Kind::Fast {
+                    // From now on read on the timer (slow) or never (stalled).
+                    use std::os::fd::AsRawFd;
+                    if let Some(s) = c.sock.as_ref() {
+                        if let Err(e) = ep.delete(s.as_raw_fd()) {
+                            close_with(c, format!("epoll_ctl: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        if slow_rate > 0.0 && last_tick.elapsed() >= SLOW_TICK {
+            let dt = last_tick.elapsed().as_secs_f64();
+            last_tick = Instant::now();
+            let measuring = shared.phase.load(Ordering::Relaxed) == PHASE_MEASURE;
+            for c in conns.iter_mut() {
+                if c.stats.kind == Kind::Slow && c.settled && matches!(c.state, State::Streaming) {
+                    read_slowly(c, &mut buf, measuring, slow_rate * dt, slow_burst);
+                }
             }
         }
     }
+    for c in conns.iter_mut() {
+        if c.stats.kind == Kind::Stalled && matches!(c.state, State::Streaming) {
+            drain_stalled(c, &mut buf);
+        }
+    }
     Ok(conns.into_iter().map(|c| c.stats).collect())
+}
+
+/// After the run, reads what a stalled viewer left queued (bounded) to learn whether the server
+/// dropped it: an end of stream or a reset behind the queued bytes is recorded as its error.
+fn drain_stalled(c: &mut Conn, buf: &mut [u8]) {
+    const MAX_READS: usize = 256; // 64 MiB at most, far above any socket buffer
+    for _ in 0..MAX_READS {
+        let Some(s) = c.sock.as_mut() else { return };
+        match s.read(buf) {
+            Ok(0) => return close_with(c, "server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return close_with(c, format!("read: {e}")),
+        }
+    }
 }
 
 fn open(addr: SocketAddrV4, ep: &Epoll, token: u64) -> io::Result<TcpStream> {
@@ -240,9 +330,27 @@ fn finish_connect(c: &mut Conn, ep: &Epoll, token: u64, request: &str) -> Result
     Ok(())
 }
 
-fn on_readable(c: &mut Conn, buf: &mut [u8], measuring: bool, ev: u32) -> Result<(), String> {
+/// Gives a slow viewer `earned` more bytes (up to `burst` banked) and reads at most that much.
+/// Bounded: each read takes at least one byte of the allowance or ends the loop.
+fn read_slowly(c: &mut Conn, buf: &mut [u8], measuring: bool, earned: f64, burst: f64) {
+    c.allowance = (c.allowance + earned).min(burst);
+    while c.allowance >= 1.0 {
+        let want = (c.allowance as usize).min(buf.len());
+        match on_readable(c, &mut buf[..want], measuring, 0) {
+            Ok(0) => break,
+            Ok(n) => c.allowance -= n as f64,
+            Err(e) => {
+                close_with(c, e);
+                break;
+            }
+        }
+    }
+}
+
+/// Reads once into `buf`; returns the bytes read (0: nothing there yet).
+fn on_readable(c: &mut Conn, buf: &mut [u8], measuring: bool, ev: u32) -> Result<usize, String> {
     let Some(s) = c.sock.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     let n = match s.read(buf) {
         Ok(0) => {
@@ -255,8 +363,8 @@ fn on_readable(c: &mut Conn, buf: &mut [u8], measuring: bool, ev: u32) -> Result
             })
         }
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
         Err(e) => return Err(format!("read: {e}")),
     };
     let now_us = sys::realtime_us();
@@ -269,7 +377,7 @@ fn on_readable(c: &mut Conn, buf: &mut [u8], measuring: bool, ev: u32) -> Result
     if measuring {
         stats.bytes += n as u64;
     }
-    parser.feed(&buf[..n], |part| {
+    let fed = parser.feed(&buf[..n], |part| {
         if let (Some(prev), Some(seq)) = (*last_seq, part.seq) {
             if measuring && seq > prev + 1 {
                 stats.seq_gaps += seq - prev - 1;
@@ -283,7 +391,8 @@ fn on_readable(c: &mut Conn, buf: &mut [u8], measuring: bool, ev: u32) -> Result
                 stats.latencies_us.push(now_us - ts);
             }
         }
-    })
+    });
+    fed.map(|()| n)
 }
 
 fn fail(c: &mut Conn, e: String, shared: &Shared, in_flight: &mut usize) {
