@@ -709,6 +709,26 @@ pub fn run_capture(cam: Arc<Camera>, mut source: Box<dyn FrameSource>) {
     }
 }
 
+/// A synthetic 64x48 camera for unit tests of the layers that consume frames.
+#[cfg(test)]
+pub(crate) fn test_camera(name: &str) -> Arc<Camera> {
+    let spec = crate::config::spec::SourceSpec::Synthetic {
+        width: 64,
+        height: 48,
+        fps: 30.0,
+    };
+    let health = crate::obs::health::Health::new();
+    Arc::new(Camera::new(
+        0,
+        name.into(),
+        spec,
+        80,
+        health.register(name),
+        Arc::new(crate::shutdown::Shutdown::new()),
+        Arc::new(crate::obs::events::EventBus::new(4)),
+    ))
+}
+
 /// Capture on demand: closes the source, says `idle`, and parks until something wants frames (true)
 /// or the camera stops (false).
 fn go_idle(cam: &Camera, source: &mut dyn FrameSource) -> bool {

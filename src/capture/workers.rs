@@ -267,24 +267,9 @@ mod tests {
     use super::*;
     use crate::capture::convert::RawFormat;
     use crate::capture::now_us;
-    use crate::config::spec::SourceSpec;
 
     fn camera(name: &str) -> Arc<Camera> {
-        let spec = SourceSpec::Synthetic {
-            width: 64,
-            height: 48,
-            fps: 30.0,
-        };
-        let health = crate::obs::health::Health::new();
-        Arc::new(Camera::new(
-            0,
-            name.into(),
-            spec,
-            80,
-            health.register("t"),
-            Arc::new(crate::shutdown::Shutdown::new()),
-            Arc::new(crate::obs::events::EventBus::new(4)),
-        ))
+        crate::capture::test_camera(name)
     }
 
     fn pool(cam: &Arc<Camera>, workers: usize) -> EncodePool {

@@ -123,25 +123,10 @@ impl Future for After<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::spec::SourceSpec;
     use std::time::Duration;
 
     fn camera() -> Arc<Camera> {
-        let spec = SourceSpec::Synthetic {
-            width: 64,
-            height: 48,
-            fps: 30.0,
-        };
-        let health = crate::obs::health::Health::new();
-        Arc::new(Camera::new(
-            0,
-            "t".into(),
-            spec,
-            80,
-            health.register("t"),
-            Arc::new(crate::shutdown::Shutdown::new()),
-            Arc::new(crate::obs::events::EventBus::new(4)),
-        ))
+        crate::capture::test_camera("t")
     }
 
     /// Sessions on one thread share one relay; a frame published from another thread wakes every
