@@ -130,6 +130,8 @@ fn controls_in_a_vm() {
         "",
     );
     assert_eq!(code, 401, "PUT without the admin token");
+    // A control set is announced on /events (camera, control, value asked, value read back).
+    let mut events = common::Sse::open(port, "/events");
     let (code, set) = http(
         port,
         "PUT",
@@ -139,6 +141,11 @@ fn controls_in_a_vm() {
     );
     assert_eq!(code, 200, "{set}");
     assert_eq!(set["control"]["value"], 60, "{set}");
+    let ev = events
+        .find("control", "brightness", Duration::from_secs(5))
+        .expect("a control event on /events");
+    assert!(ev.contains("60"), "{ev}");
+    drop(events);
     let (_, list) = http(port, "GET", "/cam/vivid/controls", false, "");
     assert_eq!(control(&list, "brightness")["value"], 60);
     assert_eq!(v4l2_ctl(&vm, "brightness"), Some(60), "v4l2-ctl disagrees");
@@ -211,6 +218,17 @@ fn controls_in_a_vm() {
     let (_, list) = http(port, "GET", "/cam/vivid/controls", false, "");
     assert_eq!(control(&list, "brightness")["value"], 200);
     assert_eq!(control(&list, "contrast")["value"], 90);
+    // /stats counts it all: the table's two entries applied at each of the two opens, the two
+    // PUTs the device took, and the refused ones (out of range, unknown control).
+    let stats = vm::get_json(port, "/stats").expect("/stats");
+    let counts = stats["cameras"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "vivid"))
+        .map(|c| c["controls"].clone())
+        .unwrap_or_default();
+    assert!(counts["applied"].as_u64() >= Some(4), "{counts}");
+    assert_eq!(counts["set"], 2, "{counts}");
+    assert!(counts["set_failed"].as_u64() >= Some(1), "{counts}");
     assert_eq!(
         control(&list, "saturation")["value"],
         control(&list, "saturation")["default"],
