@@ -377,14 +377,10 @@ fn end(c: Consumer, reason: &'static str) {
     });
 }
 
-/// Waits until subscriber `id` closes its socket (or `end` shut it down), then ends it if it is
-/// still subscribed: a subscriber that leaves is noticed at once, not at its next announcement.
-async fn watch_consumer(id: u64, fd: Rc<AsyncFd<OwnedFd>>, shared: &Shared) {
-    let mut buf = [0u8; 64];
+/// Receives what the socket holds once it is readable (0: closed), waiting out spurious readiness.
+async fn recv_ready(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
-        let Ok(mut g) = fd.readable().await else {
-            break;
-        };
+        let mut g = fd.readable().await?;
         // SAFETY: recv into our buffer on our socket.
         let n = unsafe {
             libc::recv(
@@ -394,15 +390,23 @@ async fn watch_consumer(id: u64, fd: Rc<AsyncFd<OwnedFd>>, shared: &Shared) {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n > 0 {
-            continue; // nothing is expected after SUBSCRIBE: ignored
+        if n >= 0 {
+            return Ok(n as usize);
         }
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
-            g.clear_ready();
-            continue;
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(e);
         }
-        break; // closed (0) or failed
+        g.clear_ready();
     }
+}
+
+/// Waits until subscriber `id` closes its socket (or `end` shut it down), then ends it if it is
+/// still subscribed: a subscriber that leaves is noticed at once, not at its next announcement.
+async fn watch_consumer(id: u64, fd: Rc<AsyncFd<OwnedFd>>, shared: &Shared) {
+    let mut buf = [0u8; 64];
+    // Nothing is expected after SUBSCRIBE: what arrives is ignored, until closed (0) or failed.
+    while let Ok(1..) = recv_ready(&fd, &mut buf).await {}
     let gone = {
         let mut st = shared.borrow_mut();
         st.consumers
@@ -421,30 +425,9 @@ async fn subscribe(id: u64, fd: OwnedFd, shared: &Shared) -> std::io::Result<Rc<
     // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same fd, until it drops.
     let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut buf = [0u8; MAX_LINE];
-    let n = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-        loop {
-            let mut g = fd.readable().await?;
-            // SAFETY: recv into our buffer on our socket.
-            let n = unsafe {
-                libc::recv(
-                    fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Ok::<usize, std::io::Error>(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            g.clear_ready();
-        }
-    })
-    .await
-    .map_err(|_| std::io::Error::other("no SUBSCRIBE within 2 s"))??;
+    let n = tokio::time::timeout(SUBSCRIBE_TIMEOUT, recv_ready(&fd, &mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no SUBSCRIBE within 2 s"))??;
     let line = String::from_utf8_lossy(&buf[..n]);
     let mut st = shared.borrow_mut();
     let st = &mut *st;
