@@ -156,6 +156,9 @@ pub struct FramePool {
     newest: AtomicU64,
     next_seq: AtomicU64,
     counters: PoolCounters,
+    /// Wakes every waiter at each revocation, whatever its slot: the serving threads' relays,
+    /// which wake their own sessions that hold the slot (see `serve::fanout`).
+    any_revoke: Notify,
 }
 
 // SAFETY: the UnsafeCells are only written by the holder of the slot's WRITER claim, which excludes
@@ -198,6 +201,7 @@ impl FramePool {
             newest: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             counters: PoolCounters::default(),
+            any_revoke: Notify::new(),
         }
     }
 
@@ -311,7 +315,27 @@ impl FramePool {
         // Notify before our `notify_waiters` is woken; one that registered after sees the store.
         slot.revoked.store(seq, Ordering::SeqCst);
         slot.revoke.notify_waiters();
-        self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+        // SeqCst, with the load in `revocations`: a relay that enabled its `any_revoked` waiter
+        // before this is woken; one that enabled it after reads the new count and looks.
+        self.counters.reclaimed.fetch_add(1, Ordering::SeqCst);
+        self.any_revoke.notify_waiters();
+    }
+
+    /// Revocations so far: a waiter that read this after enabling its [`Self::any_revoked`] future
+    /// misses none (a revocation after the read wakes the future).
+    pub fn revocations(&self) -> u64 {
+        self.counters.reclaimed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the leases on frame `seq` in slot `idx` are revoked (see [`Revocation::frame`]).
+    pub fn is_revoked(&self, idx: usize, seq: u64) -> bool {
+        // SeqCst: see `revoke_oldest`.
+        self.slots[idx].revoked.load(Ordering::SeqCst) == seq
+    }
+
+    /// Resolves at the next revocation of any slot (after `enable`, even if not yet polled).
+    pub fn any_revoked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.any_revoke.notified()
     }
 
     fn newest_index(&self) -> Option<usize> {
@@ -567,8 +591,12 @@ pub struct Revocation {
 impl Revocation {
     /// Whether the frame's leases are revoked. Stays true for as long as this handle lives.
     pub fn is_revoked(&self) -> bool {
-        // SeqCst: see `FramePool::revoke_oldest`.
-        self.pool.slots[self.idx].revoked.load(Ordering::SeqCst) == self.seq
+        self.pool.is_revoked(self.idx, self.seq)
+    }
+
+    /// The frame's slot and seq, for [`FramePool::is_revoked`].
+    pub fn frame(&self) -> (usize, u64) {
+        (self.idx, self.seq)
     }
 
     /// Resolves once the frame's leases are revoked; never, if they are not. Cancel-safe, and

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::limits::MAX_SESSIONS;
 use crate::obs::stats::{ClientOptions, ClientStat, SessionStats};
@@ -25,7 +25,9 @@ pub struct SessionCounters {
     fps_cur: AtomicU64,
     fps_prev: AtomicU64,
     close: AtomicBool,
-    close_notify: Notify,
+    /// Wakes the session's task when a close is requested. An `AtomicWaker`, not a `Notify`: the
+    /// session re-registers at every wait of every frame, which this does without a lock.
+    waker: AtomicWaker,
     /// The viewer's stream options, set once when its stream starts (`/state` shows them).
     options: OnceLock<ClientOptions>,
 }
@@ -81,18 +83,16 @@ impl SessionCounters {
     /// Asks the session to end; it notices at its next wait.
     pub fn request_close(&self) {
         self.close.store(true, Ordering::Release);
-        self.close_notify.notify_one();
+        self.waker.wake();
+    }
+
+    /// Has `request_close` wake this task; check `close_requested` after (see `serve::deliver`).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 
     pub fn close_requested(&self) -> bool {
         self.close.load(Ordering::Acquire)
-    }
-
-    /// Resolves when a close was requested.
-    pub async fn closed(&self) {
-        while !self.close_requested() {
-            self.close_notify.notified().await;
-        }
     }
 }
 

@@ -159,6 +159,10 @@ pub trait Handler: Send + Sync + 'static {
         conn: C,
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + 'static;
+
+    /// Called on each serving thread once shutdown is triggered, before its connections get their
+    /// grace: wake whatever waits without watching the shutdown signal itself.
+    fn stopping(&self) {}
 }
 
 /// What one serving thread runs: its listeners (clones of the shared ones), the shutdown signal, its
@@ -259,6 +263,7 @@ pub async fn run_thread<A: Acceptor + 'static, H: Handler>(
         ));
     }
     crate::shutdown::triggered(&mut stop).await;
+    handler.stopping();
     // Accepting stopped; connections already accepted get a bounded moment to be answered and
     // closed (sessions watch shutdown too and end at once).
     let deadline = tokio::time::Instant::now() + STOP_GRACE;

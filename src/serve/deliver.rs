@@ -9,6 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -17,6 +18,7 @@ use tracing::debug;
 use super::fanout;
 use super::respond::{refuse, send};
 use super::{Count, Server};
+use crate::admit::sessions::SessionCounters;
 use crate::capture::{now_us, Camera, CameraState};
 use crate::config::Settings;
 use crate::http::multipart::{custom_part_header, ExtraHeaders, ADVANCE_HEADERS, PART_TRAILER};
@@ -26,7 +28,7 @@ use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
 use crate::obs::events::Event;
 use crate::pool::LeaseBuf;
-use crate::shutdown::triggered;
+use crate::shutdown::Shutdown;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh: no older
 /// than the snapshot timeout, or than `?max_delay=MS` when the request says (camera-streamer's
@@ -140,6 +142,27 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
+const SHUTDOWN: &str = "shutdown";
+
+/// Resolves with the reason once the server stops or an admin closes the session. Polled at every
+/// wait of every frame, so it costs two flag loads and a waker registration, no lock: both a
+/// shutdown (`Server::stopping`) and an admin close wake the session through its counters.
+fn stopped<'a>(
+    counters: &'a SessionCounters,
+    shutdown: &'a Shutdown,
+) -> impl std::future::Future<Output = &'static str> + 'a {
+    std::future::poll_fn(move |cx| {
+        counters.register(cx.waker());
+        if shutdown.is_triggered() {
+            Poll::Ready(SHUTDOWN)
+        } else if counters.close_requested() {
+            Poll::Ready("closed by admin")
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
 /// How long a frame already being written when the server stops may take to finish: a client
 /// that reconnects (ffmpeg's `-reconnect_at_eof`) then resumes at a part boundary.
 const STOP_GRACE: Duration = Duration::from_millis(500);
@@ -222,7 +245,7 @@ pub async fn stream<C: Conn>(
     let counters = &session.counters;
     // Woken by this thread's relay of the camera's frames (see `fanout`).
     let frames = fanout::frames(&cam);
-    let mut shutdown = app.shutdown.subscribe();
+    let stop = || stopped(counters, &app.shutdown);
     let mut last = stale;
     // Reused for per-session part headers and trailers (owned: an io_uring write owns its buffer).
     let mut scratch: Vec<u8> = Vec::with_capacity(if params.extra_headers { 640 } else { 64 });
@@ -234,8 +257,7 @@ pub async fn stream<C: Conn>(
         if period.is_some() {
             tokio::select! {
                 () = sleep_until(due) => {}
-                _ = triggered(&mut shutdown) => break 'session "shutdown",
-                _ = counters.closed() => break 'session "closed by admin",
+                why = stop() => break 'session why,
             }
         }
         while cam.pool.newest_seq() <= last {
@@ -244,8 +266,7 @@ pub async fn stream<C: Conn>(
             }
             tokio::select! {
                 r = frames.after(&cam, last) => if r.is_err() { break 'session "camera gone" },
-                _ = triggered(&mut shutdown) => break 'session "shutdown",
-                _ = counters.closed() => break 'session "closed by admin",
+                why = stop() => break 'session why,
             }
         }
         if cam.is_retired() {
@@ -311,7 +332,7 @@ pub async fn stream<C: Conn>(
             };
             let n = tokio::select! {
                 r = write => r?,
-                () = revocation.revoked() => return Err(io::Error::other(REVOKED)),
+                () = frames.revoked(&revocation) => return Err(io::Error::other(REVOKED)),
             };
             Ok(Some((seq, n)))
         });
@@ -319,16 +340,18 @@ pub async fn stream<C: Conn>(
         let mut stopping = None;
         let res = tokio::select! {
             r = &mut send_one => r,
-            _ = triggered(&mut shutdown) => {
+            why = stop() => {
+                if why != SHUTDOWN {
+                    break why;
+                }
                 // Stopping: a frame already on its way is finished (briefly), so the stream ends
                 // at a part boundary and a reconnecting client's parser stays in step.
-                stopping = Some("shutdown");
+                stopping = Some(why);
                 match timeout(STOP_GRACE, &mut send_one).await {
                     Ok(r) => r,
-                    Err(_) => break "shutdown",
+                    Err(_) => break why,
                 }
             }
-            _ = counters.closed() => break "closed by admin",
         };
         match res {
             Err(_) => {

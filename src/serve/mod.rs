@@ -35,4 +35,10 @@ impl Handler for Server {
             }
         }
     }
+
+    /// Stream sessions wait on their own stop signal, not the shutdown channel (see `deliver`):
+    /// this wakes them.
+    fn stopping(&self) {
+        self.sessions.close_all();
+    }
 }
