@@ -15,6 +15,7 @@ use crate::admit::auth::{Auth, Denied};
 use crate::admit::forwarded;
 use crate::admit::ipguard::Refusal;
 use crate::admit::pending::PendingPlace;
+use crate::capture::Camera;
 use crate::http::request::{self, Method, ParseError, Request};
 use crate::http::response::Response;
 use crate::http::routes::{route, Route, RouteError};
@@ -34,13 +35,24 @@ enum ReadOutcome {
     Bad(ParseError),
 }
 
-/// Serves one accepted connection until it closes.
+/// A stream to deliver: what `handle` hands back when a request asks for one.
+pub struct StreamJob<C> {
+    pub conn: C,
+    /// The client (behind a trusted proxy, the one it names).
+    pub client: SocketAddr,
+    pub cam: Arc<Camera>,
+    pub send_timeout: Duration,
+    pub req: Request,
+}
+
+/// Serves one accepted connection until it closes, or until a request asks for a stream, which it
+/// hands back (see `Server::serve`: the request phase's state is not kept for the stream's life).
 pub async fn handle<C: Conn>(
     app: Arc<Server>,
     mut conn: C,
     peer: SocketAddr,
     pending: PendingPlace,
-) {
+) -> Option<StreamJob<C>> {
     // Monitoring hosts and trusted proxies (whose viewers all share its address) are not rate
     // limited per connection.
     let exempt = {
@@ -57,7 +69,7 @@ pub async fn handle<C: Conn>(
         let r = Response::error(429, "too many connections from this address")
             .header("Retry-After", retry_after_s);
         refuse(&app, &mut conn, r).await;
-        return;
+        return None;
     }
     let mut shutdown = app.shutdown.subscribe();
     let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
@@ -79,18 +91,18 @@ pub async fn handle<C: Conn>(
         pending.set_idle(false);
         let req = match outcome {
             ReadOutcome::Request(r) => r,
-            ReadOutcome::Gone => return,
+            ReadOutcome::Gone => return None,
             ReadOutcome::Idle => {
                 if first {
                     app.count(Count::RequestTimeout);
                 }
-                return;
+                return None;
             }
             ReadOutcome::Timeout => {
                 app.count(Count::RequestTimeout);
                 let r = Response::error(408, "request head not received in time");
                 refuse(&app, &mut conn, r).await;
-                return;
+                return None;
             }
             ReadOutcome::Bad(e) => {
                 app.count(match e.status() {
@@ -100,10 +112,12 @@ pub async fn handle<C: Conn>(
                 debug!(%peer, %e, "bad request");
                 let r = Response::error(e.status(), &e.to_string());
                 refuse(&app, &mut conn, r).await;
-                return;
+                return None;
             }
         };
-        let Some(mut buf_back) = back else { return };
+        let Some(mut buf_back) = back else {
+            return None;
+        };
         app.count(Count::Request);
         let started = std::time::Instant::now();
         // Bodies are never used; rather than read one, answer and close.
@@ -124,24 +138,28 @@ pub async fn handle<C: Conn>(
                 Some(Response::error(503, "stopping").header("Retry-After", 1))
             }
             Ok((Route::Stream(pos), None)) => {
-                drop(pending); // the session table bounds it from here
-                let cam = Arc::clone(&live.cameras[pos]);
-                let send_timeout = live.settings.send_timeout;
-                drop(live);
-                deliver::stream(&app, conn, client, cam, send_timeout, &req).await;
-                return;
+                // Handed back: this connection's pending place, head buffer (8 KiB) and request
+                // state go now; the session table bounds it from here.
+                return Some(StreamJob {
+                    cam: Arc::clone(&live.cameras[pos]),
+                    send_timeout: live.settings.send_timeout,
+                    conn,
+                    client,
+                    req,
+                });
             }
             Ok((Route::Events, None)) => {
                 drop(pending); // the subscriber limit bounds it from here
+                drop(buf_back); // reads no more requests: its 8 KiB head buffer goes now
                 sse::route(&app, &mut conn, &req, client).await;
-                return;
+                return None;
             }
             Ok((Route::Snapshot(pos), None)) => {
                 let cam = &live.cameras[pos];
                 if deliver::snapshot(&app, &live.settings, &mut conn, cam, &req, close).await {
                     None
                 } else {
-                    return;
+                    return None;
                 }
             }
             Ok((Route::Index, None)) => Some(Response::new(
@@ -202,12 +220,12 @@ pub async fn handle<C: Conn>(
         if let Some(mut r) = resp {
             r.close = close;
             if !send(&app, &mut conn, r.render(head_only)).await {
-                return;
+                return None;
             }
         }
         app.latency.observe(started.elapsed());
         if close {
-            return;
+            return None;
         }
         buf_back.drain(..req.head_len);
         buf = buf_back;

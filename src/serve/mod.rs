@@ -26,7 +26,22 @@ impl Handler for Server {
     async fn serve<C: Conn + 'static>(self: Arc<Self>, mut conn: C, peer: SocketAddr) {
         self.count(Count::Accepted);
         match self.pending.admit(peer.ip()) {
-            Ok(place) => conn::handle(self, conn, peer, place).await,
+            Ok(place) => {
+                // The request phase is boxed and over before a stream starts: its state (every
+                // route's) is twice a stream's, and a viewer's task keeps only the stream's
+                // (measured: 5.5 KiB against 2.3 KiB a connection, on io_uring).
+                let handled = Box::pin(conn::handle(Arc::clone(&self), conn, peer, place)).await;
+                if let Some(job) = handled {
+                    let conn::StreamJob {
+                        conn,
+                        client,
+                        cam,
+                        send_timeout,
+                        req,
+                    } = job;
+                    deliver::stream(&self, conn, client, cam, send_timeout, &req).await;
+                }
+            }
             Err(full) => {
                 // Every place is held by a connection still sending its request: say so.
                 self.count(Count::PendingRejected);
