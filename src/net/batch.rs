@@ -153,11 +153,6 @@ mod tests {
     /// pipe with room is writable, a full one is not.
     #[test]
     fn every_check_of_a_tick_gets_its_own_answer() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
         let pipe = || {
             let mut fds = [0; 2];
             // SAFETY: pipe(2) fills two fds, which the OwnedFds then own.
@@ -177,7 +172,7 @@ mod tests {
         while filled < 1024 && unsafe { libc::write(fd, chunk.as_ptr().cast(), chunk.len()) } > 0 {
             filled += 1;
         }
-        local.block_on(&rt, async {
+        crate::net::block_on_local(async {
             let fds = [w_room.as_raw_fd(), fd, w_room.as_raw_fd(), fd];
             let slots: Vec<DrainSlot> = fds.iter().map(|_| DrainSlot::default()).collect();
             let mut tasks = Vec::new();

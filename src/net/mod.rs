@@ -334,3 +334,13 @@ async fn accept_loop<A: Acceptor + 'static, H: Handler>(
         }
     }
 }
+
+/// Runs `fut` as a serving thread would: a current-thread runtime with a `LocalSet` (tests).
+#[cfg(test)]
+pub(crate) fn block_on_local<F: Future>(fut: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, fut)
+}

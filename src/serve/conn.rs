@@ -115,9 +115,7 @@ pub async fn handle<C: Conn>(
                 return None;
             }
         };
-        let Some(mut buf_back) = back else {
-            return None;
-        };
+        let mut buf_back = back?;
         app.count(Count::Request);
         let started = std::time::Instant::now();
         // Bodies are never used; rather than read one, answer and close.

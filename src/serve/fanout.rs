@@ -225,13 +225,8 @@ mod tests {
     /// one of them, and retiring the camera wakes them too.
     #[test]
     fn one_relay_per_thread_wakes_every_session() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
         let cam = camera();
-        local.block_on(&rt, async {
+        crate::net::block_on_local(async {
             let mut tasks = Vec::new();
             for _ in 0..50 {
                 let cam = Arc::clone(&cam);
@@ -267,11 +262,6 @@ mod tests {
     #[test]
     fn the_relay_wakes_the_writer_whose_frame_is_revoked() {
         use crate::limits::POOL_SLOTS;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
         let cam = camera();
         // Every slot but one leased, oldest first: the next claim takes the last free one and
         // asks the oldest frame back.
@@ -280,7 +270,7 @@ mod tests {
             cam.publish_placeholder();
             held.push(cam.pool.lease_newest().expect("a frame"));
         }
-        local.block_on(&rt, async {
+        crate::net::block_on_local(async {
             // Each writer in its own task, as sessions are: only a wake runs it again.
             let writer = |revocation: Revocation| {
                 let cam = Arc::clone(&cam);
