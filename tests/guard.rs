@@ -82,12 +82,18 @@ fn admin_lists_and_closes_sessions_with_a_token() {
         assert!(s["frames_sent"].as_u64().unwrap() >= 1);
     }
     let first = sessions[0]["id"].as_u64().unwrap();
+    let mut events = Sse::open(d.port, "/events");
     let (code, _) = request(d.port, "DELETE", &format!("/sessions/{first}"), Some(TOKEN));
     assert_eq!(code, 200);
     assert!(
         ends_within(&mut a, Duration::from_secs(3)),
         "closed session's stream ends"
     );
+    // The session says why it ended (its stop signal tells an admin close from a shutdown).
+    let closed = events
+        .find("session", "closed by admin", Duration::from_secs(5))
+        .expect("a session-closed event with the admin reason");
+    assert!(closed.contains(&format!("\"id\":{first}")), "{closed}");
     assert_eq!(
         request(d.port, "DELETE", &format!("/sessions/{first}"), Some(TOKEN)).0,
         404
