@@ -359,7 +359,6 @@ impl Running {
             }
         }
         systemd::stopping();
-        server.sessions.close_all();
     }
 
     /// Puts a reloaded configuration in force. Cameras whose settings did not change keep running

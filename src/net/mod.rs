@@ -265,7 +265,7 @@ pub async fn run_thread<A: Acceptor + 'static, H: Handler>(
     crate::shutdown::triggered(&mut stop).await;
     handler.stopping();
     // Accepting stopped; connections already accepted get a bounded moment to be answered and
-    // closed (sessions watch shutdown too and end at once).
+    // closed (`stopping` has woken the sessions, which end at once).
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     while live.get() > 0 {
         tokio::select! {

@@ -95,8 +95,9 @@ async fn relay(mut rx: watch::Receiver<u64>, pool: Arc<FramePool>, shared: Weak<
         let mut revoked = std::pin::pin!(revoked);
         // Enabled before the count is read: a revocation after the read wakes it.
         revoked.as_mut().enable();
-        if pool.revocations() != seen {
-            seen = pool.revocations();
+        let now = pool.revocations();
+        if now != seen {
+            seen = now;
             let Some(s) = shared.upgrade() else {
                 return;
             };
