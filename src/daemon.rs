@@ -453,10 +453,12 @@ impl Running {
             .filter(|c| !added.contains(&c.settings.name))
             .map(|c| c.settings.name.as_str())
             .collect();
-        info!(?kept, ?added, ?removed, "reload applied");
+        // The warning comes first: "reload applied" is the reload's last line, the one a
+        // watcher of the log (or the test) waits for.
         if !restart.is_empty() {
             warn!(settings = ?restart, "reload: these settings changed but need a restart; their running values stay");
         }
+        info!(?kept, ?added, ?removed, "reload applied");
         self.captures = captures;
     }
 
