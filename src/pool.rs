@@ -550,6 +550,23 @@ impl Lease {
     }
 }
 
+/// Another lease on the same frame (the relay's batch shares one and hands a copy to a session
+/// that must finish its write on its own).
+impl Clone for Lease {
+    fn clone(&self) -> Self {
+        // Relaxed, as for `Arc::clone`: `self` already holds the slot, so no writer can claim it
+        // until both are gone.
+        self.pool.slots[self.idx]
+            .refs
+            .fetch_add(1, Ordering::Relaxed);
+        Lease {
+            pool: Arc::clone(&self.pool),
+            idx: self.idx,
+            meta: self.meta,
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         // Release, paired with the next writer's claim (Acquire): our reads of the bytes
@@ -630,13 +647,22 @@ impl std::fmt::Debug for Revocation {
 pub struct LeaseBuf {
     lease: Lease,
     whole_part: bool,
+    /// Bytes already sent (left out).
+    from: usize,
 }
 
 impl LeaseBuf {
     pub fn part(lease: Lease) -> Self {
+        Self::part_from(lease, 0)
+    }
+
+    /// The part from byte `from` on: the rest of a part whose start a socket already took.
+    pub fn part_from(lease: Lease, from: usize) -> Self {
+        let from = from.min(lease.part().len());
         LeaseBuf {
             lease,
             whole_part: true,
+            from,
         }
     }
 
@@ -644,12 +670,13 @@ impl LeaseBuf {
         LeaseBuf {
             lease,
             whole_part: false,
+            from: 0,
         }
     }
 
     pub fn as_slice(&self) -> &[u8] {
         if self.whole_part {
-            self.lease.part()
+            &self.lease.part()[self.from..]
         } else {
             self.lease.jpeg()
         }

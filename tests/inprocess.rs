@@ -90,6 +90,8 @@ fn listen(server: &Arc<Server>, backend: Backend) -> SocketAddr {
             ));
         }
         Backend::Uring => {
+            // As a serving thread does: the relay's frame bursts on a ring of the thread's own.
+            net::burst::use_uring_on_this_thread();
             let l = net::uring::UringAcceptor::new(std).unwrap();
             tokio::task::spawn_local(net::run_thread(
                 vec![l],
@@ -286,6 +288,64 @@ fn stalled_stream_ends_at_the_send_deadline() {
             drop(c);
         })
     });
+}
+
+/// A frame larger than the viewer's socket buffer: the relay's one non-blocking send places only
+/// its start, and the session writes the rest on its own (the relay's handoff). Each part must
+/// arrive whole, every byte of it from its own frame, and the viewer keeps getting new frames.
+#[test]
+fn a_frame_larger_than_the_socket_buffer_arrives_whole() {
+    const BIG: usize = 1_500_000;
+    both(|b| {
+        run(b, |s, addr| async move {
+            // Small frames first: the session sizes its send buffer from them (256 KiB).
+            publish_filled(&s, 100, 1);
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut parser = beltcam_testkit::multipart::Parser::strict();
+            let mut parts = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut fill = 1u8;
+            let t0 = Instant::now();
+            while parts.len() < 6 && t0.elapsed() < Duration::from_secs(60) {
+                // A new big frame whenever the viewer has what was published so far.
+                if parts
+                    .last()
+                    .map_or(true, |p: &(usize, u8, bool)| p.1 == fill)
+                {
+                    fill += 1;
+                    publish_filled(&s, BIG, fill);
+                }
+                let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                    .await
+                    .expect("the stream stalled")
+                    .unwrap();
+                assert!(n > 0, "{b:?}: the stream ended");
+                parser
+                    .feed(&buf[..n], |p| {
+                        let first = p.body.first().copied().unwrap_or(0);
+                        let uniform = p.body.iter().all(|&x| x == first);
+                        parts.push((p.len, first, uniform));
+                    })
+                    .unwrap_or_else(|e| panic!("{b:?}: broken framing: {e}"));
+            }
+            assert!(parts.len() >= 6, "{b:?}: {parts:?}");
+            for &(len, fill, uniform) in &parts[1..] {
+                assert_eq!(len, BIG, "{b:?}: {parts:?}");
+                assert!(uniform, "{b:?}: a part of frame {fill} mixes bytes");
+            }
+            assert_eq!(s.snapshot().sessions.active, 1, "{b:?}");
+        })
+    });
+}
+
+fn publish_filled(server: &Server, len: usize, fill: u8) {
+    let cam = &server.live().cameras[0];
+    let mut w = cam.claim().expect("a free slot");
+    w.jpeg_buf()[..len].fill(fill);
+    cam.publish(w, len, beltcam::capture::now_us(), 320, 240);
 }
 
 #[test]

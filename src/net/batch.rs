@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 /// Most descriptors given to one `poll(2)`.
-const CHUNK: usize = 512;
+pub const CHUNK: usize = 512;
 
 /// Not answered yet.
 const PENDING: i16 = -1;

@@ -9,6 +9,7 @@
 //! [`Handler`] that is given every accepted connection. Admission, counters and HTTP live above.
 
 pub mod batch;
+pub mod burst;
 pub mod epoll;
 pub mod uring;
 

@@ -137,6 +137,8 @@ pub fn serve<H: Handler>(t: ServeThread<H>) -> io::Result<()> {
     // (RLIMIT_MEMLOCK on kernels before 5.12, a seccomp filter applied after the probe).
     let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))?;
     rt.block_on(async move {
+        // The frame relays' bursts go through a ring of this thread's own (see `burst`).
+        super::burst::use_uring_on_this_thread();
         let acceptors = t
             .listeners
             .into_iter()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::debug;
 
-use super::fanout;
+use super::fanout::{self, Handoff};
 use super::respond::{refuse, send};
 use super::{Count, Server};
 use crate::admit::sessions::SessionCounters;
@@ -27,7 +27,7 @@ use crate::http::request::{Method, Request};
 use crate::http::response::{snapshot_head, stream_head, Response};
 use crate::net::{self, Conn};
 use crate::obs::events::Event;
-use crate::pool::LeaseBuf;
+use crate::pool::{Lease, LeaseBuf};
 use crate::shutdown::Shutdown;
 
 /// Answers with the newest frame, waiting up to the snapshot timeout for one that is fresh: no older
@@ -253,14 +253,43 @@ pub async fn stream<C: Conn>(
         .fps
         .map(|n| Duration::from_secs_f64(1.0 / f64::from(n)));
     let mut due = Instant::now();
+    // Plain, unpaced sessions park with the relay between frames, which sends them each new frame
+    // in its batch (see `fanout`); what it cannot send is handed back here.
+    let fast = params.plain() && period.is_none();
+    if fast {
+        frames.send_here(conn.raw_fd(), Arc::clone(counters), Arc::clone(app));
+    }
+    // The rest of a part the relay started: (lease, bytes the socket already took).
+    let mut rest: Option<(Lease, usize)> = None;
     let reason = 'session: loop {
+        if fast {
+            let handed = tokio::select! {
+                h = frames.parked(&cam, last) => Some(h),
+                why = stop() => {
+                    // Stopping: a part the relay started is finished below (briefly), so the
+                    // stream ends at a part boundary.
+                    match frames.take_handoff() {
+                        Some(h @ (Handoff::Rest { .. }, _)) if why == SHUTDOWN => Some(h),
+                        _ => break 'session why,
+                    }
+                }
+            };
+            if let Some((handoff, relay_last)) = handed {
+                last = relay_last;
+                match handoff {
+                    Handoff::Own => {}
+                    Handoff::Gone => break 'session "client gone",
+                    Handoff::Rest { lease, sent } => rest = Some((lease, sent)),
+                }
+            }
+        }
         if period.is_some() {
             tokio::select! {
                 () = sleep_until(due) => {}
                 why = stop() => break 'session why,
             }
         }
-        while cam.pool.newest_seq() <= last {
+        while rest.is_none() && cam.pool.newest_seq() <= last {
             if cam.is_retired() {
                 break 'session "camera removed";
             }
@@ -274,10 +303,17 @@ pub async fn stream<C: Conn>(
         }
         let started = Instant::now();
         let prev = last;
+        let handed = rest.take();
         let send_one = timeout(send_timeout, async {
-            conn.drained().await?;
-            let Some(lease) = cam.pool.lease_after(prev) else {
-                return Ok::<_, io::Error>(None);
+            let (lease, from) = match handed {
+                Some(rest) => rest,
+                None => {
+                    conn.drained().await?;
+                    let Some(lease) = cam.pool.lease_after(prev) else {
+                        return Ok::<_, io::Error>(None);
+                    };
+                    (lease, 0)
+                }
             };
             let seq = lease.seq();
             // Draining first keeps leases short for viewers that read; a peer that stopped
@@ -286,7 +322,7 @@ pub async fn stream<C: Conn>(
             let write = async {
                 if params.plain() {
                     let n = lease.part().len();
-                    conn.write_lease(LeaseBuf::part(lease)).await?;
+                    conn.write_lease(LeaseBuf::part_from(lease, from)).await?;
                     return Ok::<_, io::Error>(n);
                 }
                 let m = *lease.meta();

@@ -12,9 +12,18 @@
 //! session a lock on a mutex all sessions share, twice a frame. Instead a session notes the frame
 //! it is writing in its place here ([`Frames::revoked`]), and the relay, woken by any revocation
 //! of the pool, wakes the sessions whose frame it was.
+//!
+//! Plain sessions (the pool's shared part, no pacing) go further: they park here between frames
+//! ([`Frames::parked`]) and the relay sends each new frame to all of them itself, in one pass
+//! (`net::burst`): one drain check for all their sockets, one lease for the batch, one batch of
+//! non-blocking sends (one `io_uring_enter` on io_uring), and no task woken. A socket that has not
+//! drained, takes part of the frame or fails is handed back to its session ([`Handoff`]), which
+//! finishes on its own path with its send timeout and revocation watch, then parks again.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -22,8 +31,11 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::watch;
 
+use super::Server;
+use crate::admit::sessions::SessionCounters;
 use crate::capture::Camera;
-use crate::pool::{FramePool, Revocation};
+use crate::net::burst;
+use crate::pool::{FramePool, Lease, Revocation};
 
 /// One serving thread's subscription to one camera's frames, shared by its sessions; each session
 /// has its own, with its place in the revocation watch.
@@ -38,11 +50,43 @@ impl Drop for Frames {
     }
 }
 
-/// A session's write in flight: the frame (slot, seq) and the task to wake if it is revoked.
+/// A session's place: its write in flight, the frame (slot, seq), and its task, to wake if that
+/// frame is revoked or (a plain session) when the relay hands it something.
 #[derive(Default)]
 struct Writer {
     frame: Option<(usize, u64)>,
     waker: Option<Waker>,
+    fast: Option<Fast>,
+}
+
+/// A plain session the relay sends frames to.
+struct Fast {
+    fd: RawFd,
+    counters: Arc<SessionCounters>,
+    app: Arc<Server>,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The session's task is sending on its own.
+    Busy,
+    /// Parked: the relay sends it every frame newer than `last`.
+    Parked { last: u64 },
+    /// Handed back, to be taken by the session's task; `last` is the relay's last full send.
+    Handed { handoff: Handoff, last: u64 },
+}
+
+/// What the relay hands a parked session's task.
+#[derive(Debug)]
+pub enum Handoff {
+    /// Send the next frame on your own path: the socket had not drained, took nothing, the pool
+    /// had no frame to share, a frame came while the session was busy, or the camera was retired
+    /// or is gone (the session looks which).
+    Own,
+    /// The socket took the first `sent` bytes of this frame's part: write the rest.
+    Rest { lease: Lease, sent: usize },
+    /// The socket failed.
+    Gone,
 }
 
 #[derive(Default)]
@@ -56,6 +100,17 @@ struct Shared {
     gone: Cell<bool>,
     /// One place per session (made when it subscribes, removed when it ends).
     writers: RefCell<slab::Slab<Writer>>,
+    /// Parked sessions (their places); the relay's burst lists, kept for their capacity.
+    burst: RefCell<BurstLists>,
+}
+
+#[derive(Default)]
+struct BurstLists {
+    places: Vec<usize>,
+    polls: Vec<libc::pollfd>,
+    fds: Vec<RawFd>,
+    sending: Vec<usize>,
+    results: Vec<io::Result<usize>>,
 }
 
 type Relays = Vec<(std::sync::Weak<Camera>, Weak<Shared>)>;
@@ -78,7 +133,8 @@ pub fn frames(cam: &Arc<Camera>) -> Frames {
             let shared = Rc::new(Shared::default());
             r.push((Arc::downgrade(cam), Rc::downgrade(&shared)));
             let (rx, pool) = (cam.subscribe(), Arc::clone(&cam.pool));
-            tokio::task::spawn_local(relay(rx, pool, Rc::downgrade(&shared)));
+            let cam = Arc::downgrade(cam);
+            tokio::task::spawn_local(relay(rx, pool, cam, Rc::downgrade(&shared)));
             shared
         });
         let place = shared.writers.borrow_mut().insert(Writer::default());
@@ -88,7 +144,12 @@ pub fn frames(cam: &Arc<Camera>) -> Frames {
 
 /// Wakes the thread's waiting sessions at every frame, and its writing sessions whose frame the
 /// pool revoked; ends when they are all gone, or the camera.
-async fn relay(mut rx: watch::Receiver<u64>, pool: Arc<FramePool>, shared: Weak<Shared>) {
+async fn relay(
+    mut rx: watch::Receiver<u64>,
+    pool: Arc<FramePool>,
+    cam: std::sync::Weak<Camera>,
+    shared: Weak<Shared>,
+) {
     let mut seen = pool.revocations();
     loop {
         let revoked = pool.any_revoked();
@@ -117,6 +178,8 @@ async fn relay(mut rx: watch::Receiver<u64>, pool: Arc<FramePool>, shared: Weak<
             return;
         };
         s.gone.set(closed);
+        let ended = closed || cam.upgrade().map_or(true, |c| c.is_retired());
+        burst_pass(&s, &pool, ended);
         s.wakes.set(s.wakes.get() + 1);
         let mut list = s.spare.take();
         std::mem::swap(&mut list, &mut *s.waiting.borrow_mut());
@@ -130,7 +193,144 @@ async fn relay(mut rx: watch::Receiver<u64>, pool: Arc<FramePool>, shared: Weak<
     }
 }
 
+/// Sends the newest frame to every parked session that has not had it, in one pass (see the
+/// module comment); hands back those it cannot serve. With `ended` (the camera is retired or
+/// gone) every parked session is handed back instead, to find out.
+fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
+    let mut writers = s.writers.borrow_mut();
+    let mut lists = s.burst.borrow_mut();
+    let BurstLists {
+        places,
+        polls,
+        fds,
+        sending,
+        results,
+    } = &mut *lists;
+    let newest = pool.newest_seq();
+    places.clear();
+    polls.clear();
+    for (place, w) in writers.iter_mut() {
+        let Some(f) = &mut w.fast else { continue };
+        let Mode::Parked { last } = f.mode else {
+            continue;
+        };
+        if ended {
+            hand(w, Handoff::Own, last);
+        } else if last < newest {
+            places.push(place);
+            polls.push(libc::pollfd {
+                fd: f.fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
+    }
+    if places.is_empty() {
+        return;
+    }
+    let lease = pool.lease_newest();
+    for chunk in polls.chunks_mut(crate::net::batch::CHUNK) {
+        // SAFETY: a valid array of `chunk.len()` pollfds; zero timeout.
+        let n = unsafe { libc::poll(chunk.as_mut_ptr(), chunk.len() as libc::nfds_t, 0) };
+        if n < 0 {
+            // Unknown: every session of the chunk checks on its own.
+            chunk.iter_mut().for_each(|p| p.revents = 0);
+        }
+    }
+    fds.clear();
+    sending.clear();
+    for (&place, p) in places.iter().zip(polls.iter()) {
+        let w = &mut writers[place];
+        let last = match w.fast.as_ref().map(|f| &f.mode) {
+            Some(Mode::Parked { last }) => *last,
+            _ => continue,
+        };
+        let fresh = lease.as_ref().filter(|l| l.seq() > last);
+        if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            hand(w, Handoff::Gone, last);
+        } else if p.revents & libc::POLLOUT == 0 || fresh.is_none() {
+            hand(w, Handoff::Own, last);
+        } else {
+            fds.push(p.fd);
+            sending.push(place);
+        }
+    }
+    let Some(lease) = lease.filter(|_| !fds.is_empty()) else {
+        return;
+    };
+    let part = lease.part();
+    let (seq, len) = (lease.seq(), part.len());
+    burst::send_all(part, fds, results);
+    let mut bytes = 0;
+    let mut app = None;
+    for (&place, r) in sending.iter().zip(results.iter()) {
+        let w = &mut writers[place];
+        let Some(f) = &mut w.fast else { continue };
+        let Mode::Parked { last } = f.mode else {
+            continue;
+        };
+        match r {
+            Ok(n) if *n == len => {
+                let skipped = if last != 0 {
+                    seq.saturating_sub(last + 1)
+                } else {
+                    0
+                };
+                f.counters.record_frame(len, skipped);
+                f.mode = Mode::Parked { last: seq };
+                bytes += len;
+                app.get_or_insert_with(|| Arc::clone(&f.app));
+            }
+            Ok(n) if *n > 0 => {
+                let handoff = Handoff::Rest {
+                    lease: lease.clone(),
+                    sent: *n,
+                };
+                hand(w, handoff, last);
+            }
+            Ok(_) => hand(w, Handoff::Own, last),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => hand(w, Handoff::Own, last),
+            Err(_) => hand(w, Handoff::Gone, last),
+        }
+    }
+    if let Some(app) = app {
+        app.count_bytes(bytes);
+    }
+}
+
+/// Hands `handoff` to a parked session and wakes its task.
+fn hand(w: &mut Writer, handoff: Handoff, last: u64) {
+    if let Some(f) = &mut w.fast {
+        f.mode = Mode::Handed { handoff, last };
+        if let Some(waker) = &w.waker {
+            waker.wake_by_ref();
+        }
+    }
+}
+
 impl Frames {
+    /// Makes this a plain session the relay sends frames to while it is parked
+    /// ([`Frames::parked`]); `fd` is its socket, open for as long as `self` lives.
+    pub fn send_here(&self, fd: RawFd, counters: Arc<SessionCounters>, app: Arc<Server>) {
+        self.shared.writers.borrow_mut()[self.place].fast = Some(Fast {
+            fd,
+            counters,
+            app,
+            mode: Mode::Busy,
+        });
+    }
+
+    /// Parks the session (see [`Frames::send_here`]) until the relay hands it something back:
+    /// resolves with that and the seq of the last frame sent to it. `last` is the last frame the
+    /// session sent on its own; a newer one already published is handed back at once.
+    pub fn parked<'a>(&'a self, cam: &'a Camera, last: u64) -> Parked<'a> {
+        Parked {
+            frames: self,
+            cam,
+            last,
+        }
+    }
+
     /// Resolves once the pool revokes the frame of `revocation`, which this session is writing:
     /// never, if it is not. Must be polled on the thread that made `self` (a session's task is).
     pub fn revoked<'a>(&'a self, revocation: &'a Revocation) -> Revoked<'a> {
@@ -175,6 +375,74 @@ impl Future for After<'_> {
             self.shared.waiting.borrow_mut().push(cx.waker().clone());
         }
         Poll::Pending
+    }
+}
+
+pub struct Parked<'a> {
+    frames: &'a Frames,
+    cam: &'a Camera,
+    last: u64,
+}
+
+impl Future for Parked<'_> {
+    type Output = (Handoff, u64);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Handoff, u64)> {
+        let mut writers = self.frames.shared.writers.borrow_mut();
+        let w = &mut writers[self.frames.place];
+        let Some(f) = &mut w.fast else {
+            return Poll::Ready((Handoff::Own, self.last));
+        };
+        match std::mem::replace(&mut f.mode, Mode::Busy) {
+            Mode::Handed { handoff, last } => return Poll::Ready((handoff, last)),
+            Mode::Busy => {
+                // A frame published while the session was busy found it so: it is sent now.
+                let newest = self.cam.pool.newest_seq();
+                if newest > self.last || self.cam.is_retired() || self.frames.shared.gone.get() {
+                    return Poll::Ready((Handoff::Own, self.last));
+                }
+                f.mode = Mode::Parked { last: self.last };
+            }
+            parked @ Mode::Parked { .. } => f.mode = parked,
+        }
+        match &mut w.waker {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        // Left while parked (the session stops): the relay sends no more. A handoff stays for
+        // `take_handoff` (or goes with the place).
+        if let Ok(mut writers) = self.frames.shared.writers.try_borrow_mut() {
+            if let Some(f) = writers
+                .get_mut(self.frames.place)
+                .and_then(|w| w.fast.as_mut())
+            {
+                if matches!(f.mode, Mode::Parked { .. }) {
+                    f.mode = Mode::Busy;
+                }
+            }
+        }
+    }
+}
+
+impl Frames {
+    /// What the relay handed back and the session's task has not taken (a stopping session
+    /// finishes a part the relay started).
+    pub fn take_handoff(&self) -> Option<(Handoff, u64)> {
+        let mut writers = self.shared.writers.borrow_mut();
+        let f = writers.get_mut(self.place)?.fast.as_mut()?;
+        match std::mem::replace(&mut f.mode, Mode::Busy) {
+            Mode::Handed { handoff, last } => Some((handoff, last)),
+            other => {
+                f.mode = other;
+                None
+            }
+        }
     }
 }
 
