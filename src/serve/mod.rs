@@ -23,30 +23,35 @@ use crate::http::response::Response;
 use crate::net::{Conn, Handler};
 
 impl Handler for Server {
-    async fn serve<C: Conn + 'static>(self: Arc<Self>, mut conn: C, peer: SocketAddr) {
-        self.count(Count::Accepted);
-        match self.pending.admit(peer.ip()) {
-            Ok(place) => {
-                // The request phase is boxed and over before a stream starts, so a viewer's task
-                // keeps only the stream's state: not the 8 KiB head buffer, the pending place or
-                // the other routes' state (heaptrack, io_uring: the task 3,370 -> 3,200 bytes).
-                let handled = Box::pin(conn::handle(Arc::clone(&self), conn, peer, place)).await;
-                if let Some(job) = handled {
-                    let conn::StreamJob {
-                        conn,
-                        client,
-                        cam,
-                        send_timeout,
-                        req,
-                    } = job;
-                    deliver::stream(&self, conn, client, cam, send_timeout, &req).await;
+    /// Not an `async fn`, which would keep `conn` and `peer` twice in the task for the whole
+    /// connection (see `deliver::stream`).
+    #[allow(clippy::manual_async_fn)]
+    fn serve<C: Conn + 'static>(
+        self: Arc<Self>,
+        mut conn: C,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        async move {
+            self.count(Count::Accepted);
+            match self.pending.admit(peer.ip()) {
+                Ok(place) => {
+                    // The request phase is boxed and over before a stream starts, so a viewer's
+                    // task keeps only the stream's state: not the 8 KiB head buffer, the pending
+                    // place, the request or the other routes' state.
+                    let handled =
+                        Box::pin(conn::handle(Arc::clone(&self), conn, peer, place)).await;
+                    if let Some(job) = handled {
+                        deliver::stream(&self, job).await;
+                    }
                 }
-            }
-            Err(full) => {
-                // Every place is held by a connection still sending its request: say so.
-                self.count(Count::PendingRejected);
-                let r = Response::error(503, &full.to_string()).header("Retry-After", 1);
-                respond::refuse(&self, &mut conn, r).await;
+                Err(full) => {
+                    // Every place is held by a connection still sending its request: say so.
+                    self.count(Count::PendingRejected);
+                    let r = Response::error(503, &full.to_string()).header("Retry-After", 1);
+                    // Boxed, as the request phase is: the task would otherwise be as large as
+                    // this refusal's write for every connection's whole life.
+                    Box::pin(respond::refuse(&self, &mut conn, r)).await;
+                }
             }
         }
     }
