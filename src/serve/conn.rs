@@ -72,7 +72,8 @@ pub async fn handle<C: Conn>(
         return None;
     }
     let mut shutdown = app.shutdown.subscribe();
-    let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
+    // Most heads fit the first size; one that does not grows the buffer to the limit once.
+    let mut buf = Vec::with_capacity(FIRST_HEAD_BUF);
     let mut first = true;
     loop {
         let limit = {
@@ -136,7 +137,7 @@ pub async fn handle<C: Conn>(
                 Some(Response::error(503, "stopping").header("Retry-After", 1))
             }
             Ok((Route::Stream(pos), None)) => {
-                // Handed back: this connection's pending place, head buffer (8 KiB) and request
+                // Handed back: this connection's pending place, head buffer (up to 8 KiB) and request
                 // state go now; the session table bounds it from here.
                 return Some(StreamJob {
                     cam: Arc::clone(&live.cameras[pos]),
@@ -148,7 +149,7 @@ pub async fn handle<C: Conn>(
             }
             Ok((Route::Events, None)) => {
                 drop(pending); // the subscriber limit bounds it from here
-                drop(buf_back); // reads no more requests: its 8 KiB head buffer goes now
+                drop(buf_back); // reads no more requests: its head buffer (up to 8 KiB) goes now
                 sse::route(&app, &mut conn, &req, client).await;
                 return None;
             }
@@ -231,6 +232,10 @@ pub async fn handle<C: Conn>(
     }
 }
 
+/// A connection's head buffer to begin with: curl's, ffmpeg's and a browser's request heads fit,
+/// so a burst of connecting viewers holds 1 KiB each, not `MAX_REQUEST_HEAD`.
+const FIRST_HEAD_BUF: usize = 1024;
+
 /// How long, once stopping, a connection already accepted may take to send its request.
 const STOP_GRACE: Duration = Duration::from_millis(400);
 
@@ -251,6 +256,9 @@ async fn read_request<C: Conn>(
             Err(e) => return (ReadOutcome::Bad(e), Some(buf)),
         }
         let was_empty = buf.is_empty();
+        if buf.len() == buf.capacity() && buf.capacity() < MAX_REQUEST_HEAD {
+            buf.reserve_exact(MAX_REQUEST_HEAD - buf.len());
+        }
         let mut read = std::pin::pin!(timeout_at(deadline, conn.read(buf)));
         let read = if stopping {
             read.await

@@ -194,10 +194,11 @@ pub fn stream<'a, C: Conn + 'a>(
     let head_only = req.method == Method::Head;
     drop(req);
     async move {
-        let params = match params {
+        // By reference: a moved copy would be kept beside the captured one.
+        let params = match &params {
             Ok(p) => p,
             Err(why) => {
-                Box::pin(refuse(app, &mut conn, Response::error(400, &why))).await;
+                Box::pin(refuse(app, &mut conn, Response::error(400, why))).await;
                 return;
             }
         };

@@ -36,13 +36,16 @@ impl Handler for Server {
             match self.pending.admit(peer.ip()) {
                 Ok(place) => {
                     // The request phase is boxed and over before a stream starts, so a viewer's
-                    // task keeps only the stream's state: not the 8 KiB head buffer, the pending
+                    // task keeps only the stream's state: not the head buffer (up to 8 KiB), the pending
                     // place, the request or the other routes' state.
-                    let handled =
-                        Box::pin(conn::handle(Arc::clone(&self), conn, peer, place)).await;
-                    if let Some(job) = handled {
-                        deliver::stream(&self, job).await;
-                    }
+                    // The handed-back job is a temporary of this statement: the task keeps the
+                    // stream's future only, not the job it was made from as well.
+                    let stream =
+                        match Box::pin(conn::handle(Arc::clone(&self), conn, peer, place)).await {
+                            Some(job) => deliver::stream(&self, job),
+                            None => return,
+                        };
+                    stream.await;
                 }
                 Err(full) => {
                     // Every place is held by a connection still sending its request: say so.
