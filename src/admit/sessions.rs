@@ -21,7 +21,8 @@ pub struct SessionCounters {
     frames: AtomicU64,
     skipped: AtomicU64,
     /// The per-second frame meter, each word `second << 32 | frames`: the second being counted
-    /// and the one before it. Written only by the session's task.
+    /// and the one before it. Written only on the session's serving thread (its task, or the
+    /// frame relay that sends to it: `serve::fanout`), one writer at a time.
     fps_cur: AtomicU64,
     fps_prev: AtomicU64,
     close: AtomicBool,
