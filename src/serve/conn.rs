@@ -9,13 +9,13 @@ use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
+use super::deliver::{self, StreamJob};
 use super::respond::{refuse, send};
-use super::{admin, controls, deliver, page, sse, Count, Server};
+use super::{admin, controls, page, sse, Count, Server};
 use crate::admit::auth::{Auth, Denied};
 use crate::admit::forwarded;
 use crate::admit::ipguard::Refusal;
 use crate::admit::pending::PendingPlace;
-use crate::capture::Camera;
 use crate::http::request::{self, Method, ParseError, Request};
 use crate::http::response::Response;
 use crate::http::routes::{route, Route, RouteError};
@@ -33,16 +33,6 @@ enum ReadOutcome {
     /// Part of a head arrived, not all of it, before the deadline (slowloris).
     Timeout,
     Bad(ParseError),
-}
-
-/// A stream to deliver: what `handle` hands back when a request asks for one.
-pub struct StreamJob<C> {
-    pub conn: C,
-    /// The client (behind a trusted proxy, the one it names).
-    pub client: SocketAddr,
-    pub cam: Arc<Camera>,
-    pub send_timeout: Duration,
-    pub req: Request,
 }
 
 /// Serves one accepted connection until it closes, or until a request asks for a stream, which it

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::debug;
 
-use super::conn::StreamJob;
 use super::fanout::{self, Handoff};
 use super::respond::{refuse, send};
 use super::{Count, Server};
@@ -127,6 +127,17 @@ pub async fn snapshot<C: Conn>(
         app.count_bytes(head_len + if head_only { 0 } else { m.jpeg_len() });
     }
     done
+}
+
+/// A stream to deliver: what the request phase (`conn::handle`) hands back when a request asks
+/// for one.
+pub struct StreamJob<C> {
+    pub conn: C,
+    /// The client (behind a trusted proxy, the one it names).
+    pub client: SocketAddr,
+    pub cam: Arc<Camera>,
+    pub send_timeout: Duration,
+    pub req: Request,
 }
 
 /// The reason a session ends when the pool took its frame back.
