@@ -97,7 +97,16 @@ impl Future for Check<'_> {
     }
 }
 
-fn verdict(revents: i16) -> io::Result<()> {
+/// One `poll(2)` with a zero timeout over `fds` (at most [`CHUNK`] of them): false if the call
+/// failed, and then no `revents` means anything.
+pub fn poll_now(fds: &mut [libc::pollfd]) -> bool {
+    // SAFETY: a valid array of `fds.len()` pollfds; zero timeout.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) >= 0 }
+}
+
+/// What a `poll(2)` answer for POLLOUT says: `Ok` (writable, i.e. drained), `Err(WouldBlock)`
+/// (not drained) or `Err(BrokenPipe)` (the peer is gone).
+pub fn verdict(revents: i16) -> io::Result<()> {
     if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
         Err(io::Error::from(io::ErrorKind::BrokenPipe))
     } else if revents & libc::POLLOUT != 0 {
@@ -118,10 +127,9 @@ async fn flush() {
     });
     let Lists { fds, slots, wakers } = &mut lists;
     for (chunk, slots) in fds.chunks_mut(CHUNK).zip(slots.chunks(CHUNK)) {
-        // SAFETY: a valid array of `chunk.len()` pollfds; zero timeout.
-        let n = unsafe { libc::poll(chunk.as_mut_ptr(), chunk.len() as libc::nfds_t, 0) };
+        let answered = poll_now(chunk);
         for (p, slot) in chunk.iter().zip(slots) {
-            slot.set(if n < 0 { UNKNOWN } else { p.revents.max(0) });
+            slot.set(if answered { p.revents.max(0) } else { UNKNOWN });
         }
     }
     for w in wakers.drain(..) {

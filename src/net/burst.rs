@@ -40,7 +40,8 @@ pub fn use_uring_on_this_thread() {
 }
 
 /// Whether this thread's bursts go through io_uring.
-pub fn uses_uring() -> bool {
+#[cfg(test)]
+fn uses_uring() -> bool {
     RING.with(|r| r.borrow().is_some())
 }
 

@@ -360,11 +360,7 @@ pub fn stream<'a, C: Conn + 'a>(
                     if !advance {
                         let extra = params.extra_headers.then(|| ExtraHeaders {
                             online: !m.is_placeholder(),
-                            dropped: if prev == 0 {
-                                0
-                            } else {
-                                seq.saturating_sub(prev + 1)
-                            },
+                            dropped: fanout::skipped(prev, seq),
                             width: m.width,
                             height: m.height,
                             client_fps: counters.fps(),
@@ -429,13 +425,8 @@ pub fn stream<'a, C: Conn + 'a>(
                 Ok(Err(_)) => break "client gone",
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some((seq, n)))) => {
-                    let skipped = if last != 0 {
-                        seq.saturating_sub(last + 1)
-                    } else {
-                        0
-                    };
+                    counters.record_frame(n, fanout::skipped(last, seq));
                     last = seq;
-                    counters.record_frame(n, skipped);
                     app.count_bytes(n);
                     if let Some(p) = period {
                         // A whole period after this frame went out (`started` is never before `due`):

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use super::Server;
 use crate::admit::sessions::SessionCounters;
 use crate::capture::Camera;
-use crate::net::burst;
+use crate::net::{batch, burst};
 use crate::pool::{FramePool, Lease, Revocation};
 
 /// One serving thread's subscription to one camera's frames, shared by its sessions; each session
@@ -104,12 +104,13 @@ struct Shared {
     burst: RefCell<BurstLists>,
 }
 
+/// Places are kept with the `last` their session was parked at.
 #[derive(Default)]
 struct BurstLists {
-    places: Vec<usize>,
+    places: Vec<(usize, u64)>,
     polls: Vec<libc::pollfd>,
     fds: Vec<RawFd>,
-    sending: Vec<usize>,
+    sending: Vec<(usize, u64)>,
     results: Vec<io::Result<usize>>,
 }
 
@@ -217,7 +218,7 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
         if ended {
             hand(w, Handoff::Own, last);
         } else if last < newest {
-            places.push(place);
+            places.push((place, last));
             polls.push(libc::pollfd {
                 fd: f.fd,
                 events: libc::POLLOUT,
@@ -229,30 +230,25 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
         return;
     }
     let lease = pool.lease_newest();
-    for chunk in polls.chunks_mut(crate::net::batch::CHUNK) {
-        // SAFETY: a valid array of `chunk.len()` pollfds; zero timeout.
-        let n = unsafe { libc::poll(chunk.as_mut_ptr(), chunk.len() as libc::nfds_t, 0) };
-        if n < 0 {
+    for chunk in polls.chunks_mut(batch::CHUNK) {
+        if !batch::poll_now(chunk) {
             // Unknown: every session of the chunk checks on its own.
             chunk.iter_mut().for_each(|p| p.revents = 0);
         }
     }
     fds.clear();
     sending.clear();
-    for (&place, p) in places.iter().zip(polls.iter()) {
+    for (&(place, last), p) in places.iter().zip(polls.iter()) {
         let w = &mut writers[place];
-        let last = match w.fast.as_ref().map(|f| &f.mode) {
-            Some(Mode::Parked { last }) => *last,
-            _ => continue,
-        };
-        let fresh = lease.as_ref().filter(|l| l.seq() > last);
-        if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            hand(w, Handoff::Gone, last);
-        } else if p.revents & libc::POLLOUT == 0 || fresh.is_none() {
-            hand(w, Handoff::Own, last);
-        } else {
-            fds.push(p.fd);
-            sending.push(place);
+        let fresh = lease.as_ref().is_some_and(|l| l.seq() > last);
+        match batch::verdict(p.revents) {
+            Ok(()) if fresh => {
+                fds.push(p.fd);
+                sending.push((place, last));
+            }
+            Ok(()) => hand(w, Handoff::Own, last),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => hand(w, Handoff::Own, last),
+            Err(_) => hand(w, Handoff::Gone, last),
         }
     }
     let Some(lease) = lease.filter(|_| !fds.is_empty()) else {
@@ -263,20 +259,12 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
     burst::send_all(part, fds, results);
     let mut bytes = 0;
     let mut app = None;
-    for (&place, r) in sending.iter().zip(results.iter()) {
+    for (&(place, last), r) in sending.iter().zip(results.iter()) {
         let w = &mut writers[place];
         let Some(f) = &mut w.fast else { continue };
-        let Mode::Parked { last } = f.mode else {
-            continue;
-        };
         match r {
             Ok(n) if *n == len => {
-                let skipped = if last != 0 {
-                    seq.saturating_sub(last + 1)
-                } else {
-                    0
-                };
-                f.counters.record_frame(len, skipped);
+                f.counters.record_frame(len, skipped(last, seq));
                 f.mode = Mode::Parked { last: seq };
                 bytes += len;
                 app.get_or_insert_with(|| Arc::clone(&f.app));
@@ -295,6 +283,15 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
     }
     if let Some(app) = app {
         app.count_bytes(bytes);
+    }
+}
+
+/// Frames a session skipped between the last it was sent (`last`, 0 if none yet) and `seq`.
+pub fn skipped(last: u64, seq: u64) -> u64 {
+    if last == 0 {
+        0
+    } else {
+        seq.saturating_sub(last + 1)
     }
 }
 
@@ -328,6 +325,20 @@ impl Frames {
             frames: self,
             cam,
             last,
+        }
+    }
+
+    /// What the relay handed back and the session's task has not taken (a stopping session
+    /// finishes a part the relay started).
+    pub fn take_handoff(&self) -> Option<(Handoff, u64)> {
+        let mut writers = self.shared.writers.borrow_mut();
+        let f = writers.get_mut(self.place)?.fast.as_mut()?;
+        match std::mem::replace(&mut f.mode, Mode::Busy) {
+            Mode::Handed { handoff, last } => Some((handoff, last)),
+            other => {
+                f.mode = other;
+                None
+            }
         }
     }
 
@@ -425,22 +436,6 @@ impl Drop for Parked<'_> {
                 if matches!(f.mode, Mode::Parked { .. }) {
                     f.mode = Mode::Busy;
                 }
-            }
-        }
-    }
-}
-
-impl Frames {
-    /// What the relay handed back and the session's task has not taken (a stopping session
-    /// finishes a part the relay started).
-    pub fn take_handoff(&self) -> Option<(Handoff, u64)> {
-        let mut writers = self.shared.writers.borrow_mut();
-        let f = writers.get_mut(self.place)?.fast.as_mut()?;
-        match std::mem::replace(&mut f.mode, Mode::Busy) {
-            Mode::Handed { handoff, last } => Some((handoff, last)),
-            other => {
-                f.mode = other;
-                None
             }
         }
     }
