@@ -8,8 +8,8 @@
 # Starts target/release/beltcam on a free loopback port with a `dir:` camera looping one JPEG of
 # that size (made by beltcam-bench), attaches beltcam-bench with VIEWERS viewers, and samples
 # /proc/PID/status every 0.2 s while they stream. Prints one Markdown row: JPEG KiB, idle RSS, peak
-# RSS (VmHWM), RssAnon and RssFile at the peak sample (MiB), the pool's touched bytes (below), and
-# peak RSS minus those. Needs `cargo build --release -p beltcam -p beltcam-bench` first.
+# RSS (VmHWM), RssAnon, RssFile and RssShmem at the peak sample (MiB; the frame pool is shared
+# memory, see src/pool/memory.rs), the pool's touched bytes (below), and peak RSS minus those. Needs `cargo build --release -p beltcam -p beltcam-bench` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,13 +57,13 @@ jpeg_kib=$(( $(stat -c %s "$work/dir/frame.jpg") / 1024 ))
 "$bench" --url "http://127.0.0.1:$port" --pid "$pid" --viewers "$viewers" --size "$size" --fps 30 \
   --no-baseline --seconds "$seconds" --connect-timeout 60 >"$work/bench.md" 2>&1 &
 bpid=$!
-best_rss=0; anon=0; file=0; pool=0
+best_rss=0; anon=0; file=0; shmem=0; pool=0
 # Bounded: at most (connect timeout + seconds + 30) s of 0.2 s samples.
 for _ in $(seq 1 $(( (seconds + 90) * 5 ))); do
   kill -0 "$bpid" 2>/dev/null || break
   rss=$(field VmRSS:)
   if [ "${rss:-0}" -gt "$best_rss" ]; then
-    best_rss=$rss; anon=$(field RssAnon:); file=$(field RssFile:)
+    best_rss=$rss; anon=$(field RssAnon:); file=$(field RssFile:); shmem=$(field RssShmem:)
   fi
   sleep 0.2
 done
@@ -71,5 +71,5 @@ wait "$bpid" || true
 hwm=$(field VmHWM:)
 pool=$(pool_kib)
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-echo "| $backend | $viewers | $size | $jpeg_kib | $(mib "$idle") | $(mib "$hwm") | $(mib "$anon") | $(mib "$file") | $(mib "$pool") | $(mib $(( hwm - pool ))) |"
+echo "| $backend | $viewers | $size | $jpeg_kib | $(mib "$idle") | $(mib "$hwm") | $(mib "$anon") | $(mib "$file") | $(mib "$shmem") | $(mib "$pool") | $(mib $(( hwm - pool ))) |"
 grep -E '^\| beltcam' "$work/bench.md" | head -1 >&2 || cat "$work/bench.md" >&2

@@ -7,7 +7,10 @@
 //! claims a slot nobody leases, so a lease pins bytes that can never change under it.
 //!
 //! Each slot holds the JPEG with its multipart part header rendered in front and the part's CRLF
-//! after it, so a streaming session sends one contiguous buffer per frame: one write, no copy.
+//! after it, so a streaming session sends one contiguous buffer per frame: one write, no copy. The
+//! slots live in a shared-memory file (`memory`), so the frame relay can go further and have the
+//! kernel queue a slot's pages on each socket by reference (`sendfile(2)`); such a slot gets fresh
+//! pages before it is written again (at its claim), so queued data never changes.
 //!
 //! Concurrency: one `AtomicU32` per slot is both the writer's claim bit and the readers' count.
 //! - Writer: CAS `0 -> WRITER` (Acquire: every earlier reader's reads happen-before our writes);
@@ -56,6 +59,7 @@
 //!   future registers with that slot's `Notify` in place, without allocating.
 
 use std::cell::UnsafeCell;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -66,6 +70,8 @@ pub use crate::http::multipart::PART_TRAILER;
 pub use crate::limits::MAX_JPEG_BYTES;
 use crate::limits::{PART_HEADER_MAX, PART_TRAILER_LEN, POOL_SLOTS, SLOT_BYTES};
 use crate::obs::stats::PoolStats;
+
+mod memory;
 
 const _: () = assert!(PART_TRAILER.len() == PART_TRAILER_LEN);
 
@@ -118,7 +124,6 @@ struct Slot {
     /// Wakes the holders' `Revocation::revoked` when `revoked` is set.
     revoke: Notify,
     meta: UnsafeCell<FrameMeta>,
-    bytes: UnsafeCell<Box<[u8]>>,
 }
 
 impl Slot {
@@ -152,6 +157,8 @@ pub struct Oversize {
 
 pub struct FramePool {
     slots: Box<[Slot]>,
+    /// The slots' bytes, `SLOT_BYTES` each (see `memory`).
+    memory: memory::Memory,
     /// `(seq << 8) | slot index` of the newest published frame; 0 before the first.
     newest: AtomicU64,
     next_seq: AtomicU64,
@@ -182,8 +189,8 @@ impl Default for FramePool {
 }
 
 impl FramePool {
-    /// Allocates `POOL_SLOTS` slots of `SLOT_BYTES`. Zeroed allocations are lazily backed by the
-    /// kernel, so RSS grows only with the frames actually written.
+    /// Reserves `POOL_SLOTS` slots of `SLOT_BYTES` in a shared-memory file (see `memory`), lazily
+    /// backed by the kernel, so RSS grows only with the frames actually written.
     pub fn new() -> Self {
         const _: () = assert!(POOL_SLOTS >= 3 && POOL_SLOTS < 256);
         let slots = (0..POOL_SLOTS)
@@ -193,11 +200,11 @@ impl FramePool {
                 revoked: AtomicU64::new(0),
                 revoke: Notify::new(),
                 meta: UnsafeCell::new(FrameMeta::default()),
-                bytes: UnsafeCell::new(vec![0u8; SLOT_BYTES].into_boxed_slice()),
             })
             .collect();
         FramePool {
             slots,
+            memory: memory::Memory::new(POOL_SLOTS, SLOT_BYTES),
             newest: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             counters: PoolCounters::default(),
@@ -223,6 +230,10 @@ impl FramePool {
     /// revokes the oldest leases so the next claim finds a slot (see the module comment).
     pub fn claim(&self) -> Option<SlotWriter<'_>> {
         let got = (0..self.slots.len()).find(|&idx| self.try_claim(idx));
+        if let Some(idx) = got {
+            // Sockets may still queue the last frame's pages: the writer gets fresh ones.
+            self.memory.renew(idx);
+        }
         self.reclaim_if_short(got);
         match got {
             Some(idx) => Some(SlotWriter { pool: self, idx }),
@@ -425,9 +436,13 @@ pub struct SlotWriter<'a> {
 impl SlotWriter<'_> {
     /// The bytes the JPEG goes into (`MAX_JPEG_BYTES` long).
     pub fn jpeg_buf(&mut self) -> &mut [u8] {
-        // SAFETY: we hold the slot's WRITER claim: no reader or other writer accesses the bytes.
-        let bytes = unsafe { &mut *self.pool.slots[self.idx].bytes.get() };
-        &mut bytes[PART_HEADER_MAX..PART_HEADER_MAX + MAX_JPEG_BYTES]
+        &mut self.bytes()[PART_HEADER_MAX..PART_HEADER_MAX + MAX_JPEG_BYTES]
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: we hold the slot's WRITER claim: no reader or other writer accesses the bytes,
+        // which are the slot's `SLOT_BYTES` of the pool's mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.pool.memory.slot(self.idx), SLOT_BYTES) }
     }
 
     /// Publishes the first `len` bytes of `jpeg_buf` as the newest frame and returns its sequence
@@ -449,8 +464,8 @@ impl SlotWriter<'_> {
         }
         let slot = &pool.slots[idx];
         let seq = pool.next_seq.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: WRITER claim held, as in `jpeg_buf`.
-        let bytes = unsafe { &mut *slot.bytes.get() };
+        let mut this = self;
+        let bytes = this.bytes();
         let mut header = [0u8; PART_HEADER_MAX];
         let hlen = multipart::render_part_header(&mut header, len, timestamp_us, seq);
         let part_start = PART_HEADER_MAX - hlen;
@@ -476,7 +491,7 @@ impl SlotWriter<'_> {
         // gap, a claimer sees this seq is newer than `newest` and leaves the slot alone.
         slot.refs.fetch_and(!WRITER, Ordering::Release);
         // The claim is released above; skip Drop's release.
-        std::mem::forget(self);
+        std::mem::forget(this);
         race_window();
         let packed = (seq << 8) | idx as u64;
         // Several writers (encode workers) may publish out of order: newest only moves forward.
@@ -534,8 +549,18 @@ impl Lease {
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: a counted lease excludes writers (module comment); the box is never reallocated.
-        unsafe { &*self.pool.slots[self.idx].bytes.get() }
+        // SAFETY: a counted lease excludes writers (module comment); the mapping lives as long as
+        // the pool, which the lease keeps.
+        unsafe { std::slice::from_raw_parts(self.pool.memory.slot(self.idx), SLOT_BYTES) }
+    }
+
+    /// Where [`Lease::part`] is in the pool's file, for `sendfile(2)`: `(file, offset)`, or `None`
+    /// if the pool has no file (it is then sent by copy). The file's pages so sent may stay queued
+    /// on the socket after the lease is gone; the slot's next writer writes fresh pages.
+    pub fn part_in_file(&self) -> Option<(RawFd, u64)> {
+        self.pool
+            .memory
+            .splice_from(self.idx, self.meta.part_start as usize)
     }
 
     /// The whole multipart part: header, JPEG, CRLF.
@@ -709,6 +734,40 @@ mod tests {
         let mut w = pool.claim().expect("free slot");
         w.jpeg_buf()[..len].fill(byte);
         w.publish(len, 1_700_000_000_123_456, 4, 4).unwrap()
+    }
+
+    /// The kernel may still queue a frame's pages on a socket (sent by reference from the pool's
+    /// file) after its lease is gone and its slot rewritten: the peer must still get that frame.
+    #[test]
+    fn a_frame_queued_by_reference_outlives_its_slot() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let pool = Arc::new(FramePool::new());
+        fill(&pool, b'A', 8000);
+        let lease = pool.lease_newest().unwrap();
+        if !memory::file_here(
+            "a_frame_queued_by_reference_outlives_its_slot",
+            &pool.memory,
+        ) {
+            return;
+        }
+        let (file, offset) = lease.part_in_file().expect("the pool has its file");
+        let part = lease.part().to_vec();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        let mut off = offset as libc::off_t;
+        // SAFETY: a socket and a file open for the call; `off` is a local.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file, &mut off, part.len()) };
+        assert_eq!(n, part.len() as isize, "a small part is queued whole");
+        drop(lease);
+        // Every slot is written again, the frame's own among them.
+        for _ in 0..=POOL_SLOTS {
+            fill(&pool, b'B', 8000);
+        }
+        let mut got = vec![0u8; part.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert!(got == part, "the queued frame changed under the socket");
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! `serve::fanout`). Every send is non-blocking, so the pass never waits: a socket that takes only
 //! part of the frame, or none, is reported as such and its session finishes on its own.
 //!
+//! From the pool's file ([`send_file_all`]) each socket gets one `sendfile(2)`: the kernel queues
+//! the file's pages on it by reference, so no socket costs a copy of the frame. That is the relay's
+//! usual path; the sends below are for a pool without a file.
+//!
 //! On an io_uring serving thread the sends are one batch of `IORING_OP_SEND` entries on a ring of
 //! the thread's own, submitted with one `io_uring_enter` per [`RING_ENTRIES`] sockets. A send with
 //! `MSG_DONTWAIT` is never queued by the kernel for a later retry: it completes during the
@@ -118,6 +122,12 @@ fn ring_checked() -> io::Result<IoUring> {
 /// (possibly less than `buf.len()`), `Err(WouldBlock)` if it took nothing, or its error.
 pub fn send_all(buf: &[u8], fds: &[RawFd], results: &mut Vec<io::Result<usize>>) {
     results.clear();
+    append_sends(buf, fds, results);
+}
+
+/// [`send_all`], with the results appended to `results`.
+fn append_sends(buf: &[u8], fds: &[RawFd], results: &mut Vec<io::Result<usize>>) {
+    let base = results.len();
     let done = RING.with(|r| {
         let mut r = r.borrow_mut();
         let Some(ring) = r.as_mut() else {
@@ -127,21 +137,100 @@ pub fn send_all(buf: &[u8], fds: &[RawFd], results: &mut Vec<io::Result<usize>>)
             // The ring failed as a whole (not one socket): this thread goes on with send(2).
             warn!("io_uring: a frame burst failed ({e}); this thread uses send(2) from now on");
             *r = None;
-            results.clear();
+            results.truncate(base);
             return false;
         }
         true
     });
     if !done {
-        results.extend(fds.iter().map(|&fd| {
-            // SAFETY: a live buffer; `fd` is a socket its caller's connection owns.
-            let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), FLAGS) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
+        results.extend(fds.iter().map(|&fd| send_one(fd, buf)));
+    }
+}
+
+/// Sends `buf`, which is `buf.len()` bytes of `file` from `offset`, to every socket of `fds` with
+/// `sendfile(2)`, without waiting: the kernel queues the file's pages on each socket by reference
+/// instead of copying them (the pool's file, see `pool::memory`). `nonblocking[i]` says whether
+/// socket `i` is `O_NONBLOCK` already; one that is not (io_uring's) is made so for its call, which
+/// is safe because the relay only sends to sockets with no operation in flight. Results are as for
+/// [`send_all`]. A closed peer is `EPIPE`: the process ignores SIGPIPE (Rust's runtime sets that
+/// before `main`). Where `sendfile` itself is refused (a seccomp filter, a kernel without it for
+/// this file), the thread sends by copy from then on (logged).
+pub fn send_file_all(
+    (file, offset): (RawFd, u64),
+    buf: &[u8],
+    fds: &[RawFd],
+    nonblocking: &[bool],
+    results: &mut Vec<io::Result<usize>>,
+) {
+    if SENDFILE_REFUSED.get() {
+        return send_all(buf, fds, results);
+    }
+    results.clear();
+    for (&fd, &nb) in fds.iter().zip(nonblocking) {
+        let r = match send_file(fd, nb, file, offset, buf.len()) {
+            Err(e) if refused(&e) => {
+                // The socket's own error or the call's? A plain send on the same socket tells.
+                let plain = send_one(fd, buf);
+                if plain.as_ref().map_or_else(|e| !refused(e), |_| true) {
+                    SENDFILE_REFUSED.set(true);
+                    warn!("frame bursts send by copy on this thread: sendfile(2) refused ({e})");
+                    results.push(plain);
+                    return append_sends(buf, &fds[results.len()..], results);
+                }
+                plain
             }
-        }));
+            r => r,
+        };
+        results.push(r);
+    }
+}
+
+thread_local! {
+    static SENDFILE_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Errors that say `sendfile(2)` is not available, rather than anything about the socket.
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::EOPNOTSUPP)
+    )
+}
+
+fn send_file(
+    fd: RawFd,
+    nonblocking: bool,
+    file: RawFd,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off = offset as libc::off_t;
+    // SAFETY: plain syscalls on a socket its caller's connection owns and a file the pool owns,
+    // both open for the call; `off` is a local.
+    unsafe {
+        if !nonblocking && libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::sendfile(fd, file, &mut off, len);
+        let r = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
+        if !nonblocking {
+            libc::fcntl(fd, libc::F_SETFL, 0);
+        }
+        r
+    }
+}
+
+fn send_one(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: a live buffer; `fd` is a socket its caller's connection owns.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), FLAGS) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -283,6 +372,81 @@ mod tests {
     #[test]
     fn a_burst_over_io_uring_reports_each_socket() {
         check(true);
+    }
+
+    /// By reference from a file: each socket gets the bytes from the offset, a full one reports
+    /// `WouldBlock` at once even if it is a blocking socket (which stays blocking after), a closed
+    /// peer is `EPIPE`.
+    #[test]
+    fn a_burst_from_a_file_reports_each_socket_and_never_waits() {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let file = std::fs::File::from(memfd_create(c"t", MemFdCreateFlag::MFD_CLOEXEC).unwrap());
+        let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        std::io::Write::write_all(&mut &file, &bytes).unwrap();
+        let (mut a_rx, a_tx) = UnixStream::pair().unwrap();
+        let (_b_rx, b_tx) = UnixStream::pair().unwrap();
+        let (c_rx, c_tx) = UnixStream::pair().unwrap();
+        drop(c_rx);
+        b_tx.set_nonblocking(true).unwrap();
+        let fill = vec![7u8; 64 * 1024];
+        let mut filled = 0;
+        while filled < 1024 && (&b_tx).write_nonblocking(&fill) {
+            filled += 1;
+        }
+        b_tx.set_nonblocking(false).unwrap();
+        let fds = [a_tx.as_raw_fd(), b_tx.as_raw_fd(), c_tx.as_raw_fd()];
+        let mut results = Vec::new();
+        let file = (file.as_raw_fd(), 1000);
+        send_file_all(
+            file,
+            &bytes[1000..],
+            &fds,
+            &[false, false, true],
+            &mut results,
+        );
+        assert_eq!(*results[0].as_ref().unwrap(), 2000);
+        let mut got = vec![0u8; 2000];
+        a_rx.read_exact(&mut got).unwrap();
+        assert_eq!(got, bytes[1000..]);
+        assert_eq!(
+            results[1].as_ref().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the full blocking socket took nothing, without waiting"
+        );
+        for fd in [a_tx.as_raw_fd(), b_tx.as_raw_fd()] {
+            // SAFETY: plain syscall on an open fd.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            assert_eq!(
+                fl & libc::O_NONBLOCK,
+                0,
+                "a blocking socket was left non-blocking"
+            );
+        }
+        assert_eq!(
+            results[2].as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EPIPE),
+            "the closed peer is an error (and the process lives)"
+        );
+    }
+
+    /// A thread where `sendfile(2)` is refused (here: the "file" is a directory, EINVAL) sends by
+    /// copy, this burst included, and says so.
+    #[test]
+    fn a_burst_where_sendfile_is_refused_sends_by_copy() {
+        let not_a_file = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let (mut a_rx, a_tx) = UnixStream::pair().unwrap();
+        let (mut b_rx, b_tx) = UnixStream::pair().unwrap();
+        let fds = [a_tx.as_raw_fd(), b_tx.as_raw_fd()];
+        let mut results = Vec::new();
+        let file = (not_a_file.as_raw_fd(), 0);
+        send_file_all(file, b"frame", &fds, &[false, false], &mut results);
+        assert!(SENDFILE_REFUSED.get(), "the refusal was noticed");
+        assert!(results.iter().all(|r| matches!(r, Ok(5))), "{results:?}");
+        for rx in [&mut a_rx, &mut b_rx] {
+            let mut got = [0u8; 5];
+            rx.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"frame");
+        }
     }
 
     /// More sockets than a ring's submission queue holds: the burst goes in several submissions.

@@ -71,6 +71,10 @@ impl Conn for EpollConn {
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+
+    fn nonblocking(&self) -> bool {
+        true
+    }
 }
 
 pub struct EpollAcceptor(TcpListener);

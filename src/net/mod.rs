@@ -93,6 +93,8 @@ pub trait Conn {
     /// its lease is revocable).
     async fn drained(&mut self) -> io::Result<()>;
     fn raw_fd(&self) -> RawFd;
+    /// Whether the socket is `O_NONBLOCK` (epoll's are; io_uring's need not be).
+    fn nonblocking(&self) -> bool;
 }
 
 /// `Err(WouldBlock)` unless `fd` is writable right now (poll with a zero timeout). With

@@ -69,6 +69,10 @@ impl Conn for UringConn {
     fn raw_fd(&self) -> RawFd {
         self.fd
     }
+
+    fn nonblocking(&self) -> bool {
+        false
+    }
 }
 
 /// Dropping the connection shuts the socket down first: an io_uring read or write still in flight

@@ -286,7 +286,12 @@ pub fn stream<'a, C: Conn + 'a>(
         // in its batch (see `fanout`); what it cannot send is handed back here.
         let fast = params.plain() && period.is_none();
         if fast {
-            frames.send_here(conn.raw_fd(), Arc::clone(counters), Arc::clone(app));
+            frames.send_here(
+                conn.raw_fd(),
+                conn.nonblocking(),
+                Arc::clone(counters),
+                Arc::clone(app),
+            );
         }
         // The rest of a part the relay started: (lease, bytes the socket already took).
         let mut rest: Option<(Lease, usize)> = None;

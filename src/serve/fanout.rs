@@ -15,8 +15,10 @@
 //!
 //! Plain sessions (the pool's shared part, no pacing) go further: they park here between frames
 //! ([`Frames::parked`]) and the relay sends each new frame to all of them itself, in one pass
-//! (`net::burst`): one drain check for all their sockets, one lease for the batch, one batch of
-//! non-blocking sends (one `io_uring_enter` on io_uring), and no task woken. A socket that has not
+//! (`net::burst`): one drain check for all their sockets, one lease for the batch, one
+//! non-blocking `sendfile(2)` per socket from the pool's file (the kernel queues the slot's pages
+//! by reference, no copy per socket; see `pool::memory`) or, where the pool has no file, one batch
+//! of non-blocking sends (one `io_uring_enter` on io_uring), and no task woken. A socket that has not
 //! drained, takes part of the frame or fails is handed back to its session ([`Handoff`]), which
 //! finishes on its own path with its send timeout and revocation watch, then parks again.
 
@@ -62,6 +64,8 @@ struct Writer {
 /// A plain session the relay sends frames to.
 struct Fast {
     fd: RawFd,
+    /// The socket is `O_NONBLOCK` already (see `burst::send_file_all`).
+    nonblocking: bool,
     counters: Arc<SessionCounters>,
     app: Arc<Server>,
     mode: Mode,
@@ -110,6 +114,7 @@ struct BurstLists {
     places: Vec<(usize, u64)>,
     polls: Vec<libc::pollfd>,
     fds: Vec<RawFd>,
+    nonblocking: Vec<bool>,
     sending: Vec<(usize, u64)>,
     results: Vec<io::Result<usize>>,
 }
@@ -204,6 +209,7 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
         places,
         polls,
         fds,
+        nonblocking,
         sending,
         results,
     } = &mut *lists;
@@ -237,6 +243,7 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
         }
     }
     fds.clear();
+    nonblocking.clear();
     sending.clear();
     for (&(place, last), p) in places.iter().zip(polls.iter()) {
         let w = &mut writers[place];
@@ -244,6 +251,7 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
         match batch::verdict(p.revents) {
             Ok(()) if fresh => {
                 fds.push(p.fd);
+                nonblocking.push(w.fast.as_ref().is_some_and(|f| f.nonblocking));
                 sending.push((place, last));
             }
             Ok(()) => hand(w, Handoff::Own, last),
@@ -256,7 +264,11 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
     };
     let part = lease.part();
     let (seq, len) = (lease.seq(), part.len());
-    burst::send_all(part, fds, results);
+    // By reference from the pool's file where it has one (no copy per socket), else by copy.
+    match lease.part_in_file() {
+        Some(file) => burst::send_file_all(file, part, fds, nonblocking, results),
+        None => burst::send_all(part, fds, results),
+    }
     let mut bytes = 0;
     let mut app = None;
     for (&(place, last), r) in sending.iter().zip(results.iter()) {
@@ -307,10 +319,18 @@ fn hand(w: &mut Writer, handoff: Handoff, last: u64) {
 
 impl Frames {
     /// Makes this a plain session the relay sends frames to while it is parked
-    /// ([`Frames::parked`]); `fd` is its socket, open for as long as `self` lives.
-    pub fn send_here(&self, fd: RawFd, counters: Arc<SessionCounters>, app: Arc<Server>) {
+    /// ([`Frames::parked`]); `fd` is its socket, open for as long as `self` lives, `O_NONBLOCK`
+    /// or not as `nonblocking` says.
+    pub fn send_here(
+        &self,
+        fd: RawFd,
+        nonblocking: bool,
+        counters: Arc<SessionCounters>,
+        app: Arc<Server>,
+    ) {
         self.shared.writers.borrow_mut()[self.place].fast = Some(Fast {
             fd,
+            nonblocking,
             counters,
             app,
             mode: Mode::Busy,
