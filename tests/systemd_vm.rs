@@ -338,6 +338,15 @@ fn journal_warnings(vm: &SysVm, log: &mut Log) {
              (the daemon's lines as the journal stores them: {prio})"
         )
     });
+    // The unit's sandbox (SystemCallFilter, MemoryDenyWriteExecute) must leave the frame pool its
+    // shared-memory file and the relay its sendfile(2): the daemon says so when either is refused.
+    let by_copy: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("sent by copy") || l.contains("send by copy"))
+        .collect();
+    log.check(by_copy.is_empty(), || {
+        format!("under the unit, frames fell back to copies: {by_copy:?}")
+    });
 }
 
 fn main_pid(vm: &SysVm) -> String {
