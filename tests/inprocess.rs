@@ -341,6 +341,77 @@ fn a_frame_larger_than_the_socket_buffer_arrives_whole() {
     });
 }
 
+/// Enough plain viewers on one serving thread that its relay sends them each frame by reference
+/// from the pool's file (`sendfile(2)`; on io_uring each blocking socket is made non-blocking for
+/// its call): every viewer gets every part whole, each from its own frame, and the io_uring
+/// sessions go on working after the relay's calls.
+#[test]
+fn many_viewers_get_whole_frames_sent_by_reference() {
+    const VIEWERS: usize = 24;
+    const LEN: usize = 150_000;
+    both(|b| {
+        run(b, |s, addr| async move {
+            publish_filled(&s, LEN, 1);
+            let mut viewers = Vec::new();
+            for i in 0..VIEWERS {
+                // One loopback address each: the per-address limit is 8.
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(format!("127.0.0.{}:0", 10 + i).parse().unwrap())
+                    .unwrap();
+                let mut c = sock.connect(addr).await.unwrap();
+                c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                viewers.push((c, beltcam_testkit::multipart::Parser::strict(), Vec::new()));
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            let t0 = Instant::now();
+            for fill in 2..=6u8 {
+                publish_filled(&s, LEN, fill);
+                // Each viewer reads until it has this frame.
+                for (i, (c, parser, parts)) in viewers.iter_mut().enumerate() {
+                    while parts
+                        .last()
+                        .map_or(true, |&(_, f, _): &(usize, u8, bool)| f < fill)
+                    {
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(60),
+                            "{b:?}: viewer {i} stalled"
+                        );
+                        let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                            .await
+                            .expect("the stream stalled")
+                            .unwrap();
+                        assert!(n > 0, "{b:?}: viewer {i}'s stream ended");
+                        parser
+                            .feed(&buf[..n], |p| {
+                                let first = p.body.first().copied().unwrap_or(0);
+                                let uniform = p.body.iter().all(|&x| x == first);
+                                parts.push((p.len, first, uniform));
+                            })
+                            .unwrap_or_else(|e| panic!("{b:?}: viewer {i}: broken framing: {e}"));
+                    }
+                }
+            }
+            for (i, (_, _, parts)) in viewers.iter().enumerate() {
+                assert_eq!(
+                    parts.last().map(|p| p.1),
+                    Some(6),
+                    "{b:?}: viewer {i}: {parts:?}"
+                );
+                for &(len, fill, uniform) in parts {
+                    assert_eq!(len, LEN, "{b:?}: viewer {i}: {parts:?}");
+                    assert!(
+                        uniform,
+                        "{b:?}: viewer {i}: a part of frame {fill} mixes bytes"
+                    );
+                }
+            }
+            assert_eq!(s.snapshot().sessions.active, VIEWERS, "{b:?}");
+        })
+    });
+}
+
 fn publish_filled(server: &Server, len: usize, fill: u8) {
     let cam = &server.live().cameras[0];
     let mut w = cam.claim().expect("a free slot");
