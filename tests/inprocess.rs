@@ -311,25 +311,13 @@ fn a_frame_larger_than_the_socket_buffer_arrives_whole() {
             let t0 = Instant::now();
             while parts.len() < 6 && t0.elapsed() < Duration::from_secs(60) {
                 // A new big frame whenever the viewer has what was published so far.
-                if parts
-                    .last()
-                    .map_or(true, |p: &(usize, u8, bool)| p.1 == fill)
-                {
+                if parts.last().map_or(true, |p: &FilledPart| p.1 == fill) {
                     fill += 1;
                     publish_filled(&s, BIG, fill);
                 }
-                let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                read_parts(&mut c, &mut buf, &mut parser, &mut parts)
                     .await
-                    .expect("the stream stalled")
-                    .unwrap();
-                assert!(n > 0, "{b:?}: the stream ended");
-                parser
-                    .feed(&buf[..n], |p| {
-                        let first = p.body.first().copied().unwrap_or(0);
-                        let uniform = p.body.iter().all(|&x| x == first);
-                        parts.push((p.len, first, uniform));
-                    })
-                    .unwrap_or_else(|e| panic!("{b:?}: broken framing: {e}"));
+                    .unwrap_or_else(|e| panic!("{b:?}: {e}"));
             }
             assert!(parts.len() >= 6, "{b:?}: {parts:?}");
             for &(len, fill, uniform) in &parts[1..] {
@@ -378,18 +366,9 @@ fn many_viewers_get_whole_frames_sent_by_reference() {
                             t0.elapsed() < Duration::from_secs(60),
                             "{b:?}: viewer {i} stalled"
                         );
-                        let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                        read_parts(c, &mut buf, parser, parts)
                             .await
-                            .expect("the stream stalled")
-                            .unwrap();
-                        assert!(n > 0, "{b:?}: viewer {i}'s stream ended");
-                        parser
-                            .feed(&buf[..n], |p| {
-                                let first = p.body.first().copied().unwrap_or(0);
-                                let uniform = p.body.iter().all(|&x| x == first);
-                                parts.push((p.len, first, uniform));
-                            })
-                            .unwrap_or_else(|e| panic!("{b:?}: viewer {i}: broken framing: {e}"));
+                            .unwrap_or_else(|e| panic!("{b:?}: viewer {i}: {e}"));
                     }
                 }
             }
@@ -410,6 +389,33 @@ fn many_viewers_get_whole_frames_sent_by_reference() {
             assert_eq!(s.snapshot().sessions.active, VIEWERS, "{b:?}");
         })
     });
+}
+
+/// A part as the tests of filled frames see it: its length, its first byte, and whether every byte
+/// is that one.
+type FilledPart = (usize, u8, bool);
+
+/// One read of the stream (30 s at most, of paused time) fed to `parser`; whole parts go to `parts`.
+async fn read_parts(
+    c: &mut TcpStream,
+    buf: &mut [u8],
+    parser: &mut beltcam_testkit::multipart::Parser,
+    parts: &mut Vec<FilledPart>,
+) -> Result<(), String> {
+    let n = tokio::time::timeout(Duration::from_secs(30), c.read(buf))
+        .await
+        .map_err(|_| "the stream stalled".to_string())?
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("the stream ended".into());
+    }
+    parser
+        .feed(&buf[..n], |p| {
+            let first = p.body.first().copied().unwrap_or(0);
+            let uniform = p.body.iter().all(|&x| x == first);
+            parts.push((p.len, first, uniform));
+        })
+        .map_err(|e| format!("broken framing: {e}"))
 }
 
 fn publish_filled(server: &Server, len: usize, fill: u8) {

@@ -309,16 +309,11 @@ mod tests {
         false
     }
 
-    fn check(uring: bool) {
-        if uring {
-            if !uring_here("a_burst_over_io_uring_reports_each_socket") {
-                return;
-            }
-            use_uring_on_this_thread();
-            assert!(uses_uring(), "the ring passed its own check");
-        }
-        let (mut a_rx, a_tx) = UnixStream::pair().unwrap();
-        let (_b_rx, b_tx) = UnixStream::pair().unwrap();
+    /// Three sockets to send on: an open one, a full one (left non-blocking) and one whose peer is
+    /// gone. Returns the open one's reader, the three, and the full one's reader (keep it).
+    fn open_full_closed() -> (UnixStream, [UnixStream; 3], UnixStream) {
+        let (a_rx, a_tx) = UnixStream::pair().unwrap();
+        let (b_rx, b_tx) = UnixStream::pair().unwrap();
         let (c_rx, c_tx) = UnixStream::pair().unwrap();
         drop(c_rx);
         b_tx.set_nonblocking(true).unwrap();
@@ -327,6 +322,18 @@ mod tests {
         while filled < 1024 && (&b_tx).write_nonblocking(&fill) {
             filled += 1;
         }
+        (a_rx, [a_tx, b_tx, c_tx], b_rx)
+    }
+
+    fn check(uring: bool) {
+        if uring {
+            if !uring_here("a_burst_over_io_uring_reports_each_socket") {
+                return;
+            }
+            use_uring_on_this_thread();
+            assert!(uses_uring(), "the ring passed its own check");
+        }
+        let (mut a_rx, [a_tx, b_tx, c_tx], _b_rx) = open_full_closed();
         let frame = vec![1u8; 1000];
         let fds = [a_tx.as_raw_fd(), b_tx.as_raw_fd(), c_tx.as_raw_fd()];
         let mut results = Vec::new();
@@ -383,16 +390,7 @@ mod tests {
         let file = std::fs::File::from(memfd_create(c"t", MemFdCreateFlag::MFD_CLOEXEC).unwrap());
         let bytes: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
         std::io::Write::write_all(&mut &file, &bytes).unwrap();
-        let (mut a_rx, a_tx) = UnixStream::pair().unwrap();
-        let (_b_rx, b_tx) = UnixStream::pair().unwrap();
-        let (c_rx, c_tx) = UnixStream::pair().unwrap();
-        drop(c_rx);
-        b_tx.set_nonblocking(true).unwrap();
-        let fill = vec![7u8; 64 * 1024];
-        let mut filled = 0;
-        while filled < 1024 && (&b_tx).write_nonblocking(&fill) {
-            filled += 1;
-        }
+        let (mut a_rx, [a_tx, b_tx, c_tx], _b_rx) = open_full_closed();
         b_tx.set_nonblocking(false).unwrap();
         let fds = [a_tx.as_raw_fd(), b_tx.as_raw_fd(), c_tx.as_raw_fd()];
         let mut results = Vec::new();

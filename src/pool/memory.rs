@@ -44,24 +44,19 @@ impl Memory {
         assert!(slot_len % MAX_PAGE == 0 && slots > 0);
         let len = slots * slot_len;
         let spliced = (0..slots).map(|_| AtomicBool::new(false)).collect();
-        match Self::in_file(len) {
-            Ok((base, file)) => Memory {
-                base,
-                len,
-                slot_len,
-                file: Some(file),
-                spliced,
-            },
+        let (base, file) = match Self::in_file(len) {
+            Ok((base, file)) => (base, Some(file)),
             Err(e) => {
                 warn!("frame pool: no shared-memory file ({e}); frames are sent by copy");
-                Memory {
-                    base: Self::anonymous(len),
-                    len,
-                    slot_len,
-                    file: None,
-                    spliced,
-                }
+                (Self::anonymous(len), None)
             }
+        };
+        Memory {
+            base,
+            len,
+            slot_len,
+            file,
+            spliced,
         }
     }
 
@@ -85,12 +80,17 @@ impl Memory {
         // The check: a page written, punched and read again must read as zero (a fresh page).
         // SAFETY: inside the mapping just made.
         unsafe { base.as_ptr().write_volatile(1) };
-        punch(file.as_raw_fd(), 0, MAX_PAGE)?;
-        // SAFETY: as above.
-        if unsafe { base.as_ptr().read_volatile() } != 0 {
+        let checked = punch(file.as_raw_fd(), 0, MAX_PAGE).and_then(|()| {
+            // SAFETY: as above.
+            match unsafe { base.as_ptr().read_volatile() } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::other("a punched page kept its bytes")),
+            }
+        });
+        if let Err(e) = checked {
             // SAFETY: the mapping made above, not used after this.
-            unsafe { nix::sys::mman::munmap(base.cast(), len) }?;
-            return Err(std::io::Error::other("a punched page kept its bytes"));
+            let _ = unsafe { nix::sys::mman::munmap(base.cast(), len) };
+            return Err(e);
         }
         Ok((base, file))
     }

@@ -17,8 +17,9 @@
 //! ([`Frames::parked`]) and the relay sends each new frame to all of them itself, in one pass
 //! (`net::burst`): one drain check for all their sockets, one lease for the batch, one
 //! non-blocking `sendfile(2)` per socket from the pool's file (the kernel queues the slot's pages
-//! by reference, no copy per socket; see `pool::memory`) or, where the pool has no file, one batch
-//! of non-blocking sends (one `io_uring_enter` on io_uring), and no task woken. A socket that has not
+//! by reference, no copy per socket; see `pool::memory`) where that measured cheaper
+//! ([`SPLICE_MIN`], [`SPLICE_MAX_PART`]), else one batch of non-blocking sends (one
+//! `io_uring_enter` on io_uring), and no task woken. A socket that has not
 //! drained, takes part of the frame or fails is handed back to its session ([`Handoff`]), which
 //! finishes on its own path with its send timeout and revocation watch, then parks again.
 
