@@ -189,6 +189,13 @@ thread_local! {
     static SENDFILE_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Whether this thread sends by reference ([`send_file_all`]), i.e. `sendfile(2)` has not been
+/// refused here. A caller asks before it takes a file location from the pool, which marks the slot
+/// for fresh pages: a thread that sends by copy would pay for those at every frame.
+pub fn sends_by_reference() -> bool {
+    !SENDFILE_REFUSED.get()
+}
+
 /// Errors that say `sendfile(2)` is not available, rather than anything about the socket.
 fn refused(e: &io::Error) -> bool {
     matches!(
@@ -438,7 +445,7 @@ mod tests {
         let mut results = Vec::new();
         let file = (not_a_file.as_raw_fd(), 0);
         send_file_all(file, b"frame", &fds, &[false, false], &mut results);
-        assert!(SENDFILE_REFUSED.get(), "the refusal was noticed");
+        assert!(!sends_by_reference(), "the refusal was noticed");
         assert!(results.iter().all(|r| matches!(r, Ok(5))), "{results:?}");
         for rx in [&mut a_rx, &mut b_rx] {
             let mut got = [0u8; 5];

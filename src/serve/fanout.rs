@@ -265,9 +265,9 @@ fn burst_pass(s: &Shared, pool: &Arc<FramePool>, ended: bool) {
     };
     let part = lease.part();
     let (seq, len) = (lease.seq(), part.len());
-    // By reference from the pool's file where it has one and where that measured cheaper (see
-    // `SPLICE_MIN`, `SPLICE_MAX_PART`), else by copy.
-    let file = (fds.len() >= SPLICE_MIN && len <= SPLICE_MAX_PART)
+    // By reference from the pool's file where it has one, where that measured cheaper (see
+    // `SPLICE_MIN`, `SPLICE_MAX_PART`) and where this thread may, else by copy.
+    let file = (fds.len() >= SPLICE_MIN && len <= SPLICE_MAX_PART && burst::sends_by_reference())
         .then(|| lease.part_in_file())
         .flatten();
     match file {
